@@ -1,0 +1,468 @@
+"""The declarative site: areas, graded rooms, units, endpoints and tags, loaded from TOML and validated."""
+
+from __future__ import annotations
+
+import math
+import re
+import tomllib
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+Grade = Literal["A", "B", "C", "D"]
+UnitKind = Literal["rocking_bag", "stirred_tank", "static_gp"]
+ModbusType = Literal["int16", "uint16", "int32", "uint32", "float32", "float64"]
+ByteOrder = Literal["big", "little"]
+
+# EU GMP Annex 1 (2022) particle limits per m3 (>=0.5 um, >=5.0 um), at rest and in operation.
+# None = not specified / not predetermined (set by risk assessment).
+ANNEX1_PARTICLE_LIMITS: dict[str, dict[str, tuple[float | None, float | None]]] = {
+    "A": {"at_rest": (3520, 29), "in_operation": (3520, 29)},
+    "B": {"at_rest": (3520, 29), "in_operation": (352_000, 2930)},
+    "C": {"at_rest": (352_000, 2930), "in_operation": (3_520_000, 29_300)},
+    "D": {"at_rest": (3_520_000, 29_300), "in_operation": (None, None)},
+}
+
+
+class SiteError(ValueError):
+    """A site file problem; the message names the file, the key and the bad value."""
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _pair(v: tuple[float, float], what: str) -> tuple[float, float]:
+    lo, hi = v
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        raise ValueError(f"{what} must be finite numbers")
+    if lo >= hi:
+        raise ValueError(f"{what} low ({lo}) must be below high ({hi})")
+    return v
+
+
+class OpcUaAddress(_Model):
+    """Where a tag lives on an OPC UA server: a browse path under the owner object, or a node id."""
+
+    endpoint: str
+    browse_path: str = Field(min_length=1)
+    node_id: str | None = None
+    sampling_ms: float = Field(default=1000.0, gt=0)
+    deadband: float = Field(default=0.0, ge=0)
+
+
+class ModbusAddress(_Model):
+    """Where a tag lives on a Modbus device: register, type, byte/word order, scaling."""
+
+    endpoint: str
+    function: Literal[3, 4]
+    address: int = Field(ge=0, le=65535)
+    type: ModbusType = "float32"
+    byte_order: ByteOrder = "big"
+    word_order: ByteOrder = "big"
+    scale: float = 1.0
+    offset: float = 0.0
+    nan_sentinel: float | None = None
+
+    @field_validator("scale")
+    @classmethod
+    def _scale_nonzero(cls, v: float) -> float:
+        if v == 0 or not math.isfinite(v):
+            raise ValueError("scale must be a finite non-zero number")
+        return v
+
+    @property
+    def register_count(self) -> int:
+        return {"int16": 1, "uint16": 1, "int32": 2, "uint32": 2, "float32": 2, "float64": 4}[self.type]
+
+    @model_validator(mode="after")
+    def _fits(self) -> ModbusAddress:
+        if self.address + self.register_count - 1 > 65535:
+            raise ValueError(f"address {self.address} + {self.register_count} words runs past 65535")
+        return self
+
+
+class TagTemplate(_Model):
+    """A tag as declared in a unit or room type; becomes a Tag per owner."""
+
+    name: str = Field(pattern=r"^[A-Z][A-Z0-9_]*$")
+    description: str = ""
+    uom: str = Field(min_length=1)
+    eng_range: tuple[float, float]
+    alert_low: float | None = None
+    alert_high: float | None = None
+    action_low: float | None = None
+    action_high: float | None = None
+    annex1: Literal["0.5", "5.0"] | None = None  # action limit from the room's grade
+    controllable: bool = False
+    controls: str | None = None  # the process value a setpoint steers
+    par: tuple[float, float] | None = None  # proven acceptable range
+    max_step: float | None = Field(default=None, gt=0)
+    min_interval_h: float = Field(default=4.0, ge=0)
+    opcua: OpcUaAddress | None = None
+    modbus: ModbusAddress | None = None
+
+    @field_validator("eng_range")
+    @classmethod
+    def _eng(cls, v: tuple[float, float]) -> tuple[float, float]:
+        return _pair(v, "eng_range")
+
+    @field_validator("par")
+    @classmethod
+    def _par(cls, v: tuple[float, float] | None) -> tuple[float, float] | None:
+        return None if v is None else _pair(v, "par")
+
+    @model_validator(mode="after")
+    def _limits(self) -> TagTemplate:
+        lo, hi = self.eng_range
+        for key in ("alert_low", "alert_high", "action_low", "action_high"):
+            v = getattr(self, key)
+            if v is not None and not lo <= v <= hi:
+                raise ValueError(f"{key} = {v} lies outside eng_range [{lo}, {hi}]")
+        if self.alert_low is not None and self.action_low is not None and self.alert_low < self.action_low:
+            raise ValueError(f"alert_low = {self.alert_low} is below action_low = {self.action_low}")
+        if self.alert_high is not None and self.action_high is not None and self.alert_high > self.action_high:
+            raise ValueError(f"alert_high = {self.alert_high} is above action_high = {self.action_high}")
+        if self.controllable:
+            if self.par is None or self.max_step is None:
+                raise ValueError(f"controllable = true needs par = [low, high] and max_step (tag {self.name})")
+            if not (lo <= self.par[0] and self.par[1] <= hi):
+                raise ValueError(f"par = {list(self.par)} lies outside eng_range [{lo}, {hi}]")
+        elif self.par is not None or self.max_step is not None:
+            raise ValueError("par and max_step are only for controllable tags (set controllable = true)")
+        if self.opcua is not None and self.modbus is not None:
+            raise ValueError("a tag has one address: opcua or modbus, not both")
+        return self
+
+
+class TagType(_Model):
+    """A reusable set of tags (for a kind of bioreactor or a kind of room)."""
+
+    id: str
+    tags: list[TagTemplate] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _unique(self) -> TagType:
+        _no_duplicates([t.name for t in self.tags], "tag name")
+        names = {t.name for t in self.tags}
+        for t in self.tags:
+            if t.controls is not None and t.controls not in names:
+                raise ValueError(f"tag {t.name} controls unknown tag {t.controls!r}")
+        return self
+
+
+class Endpoint(_Model):
+    """A server or device cellwatch connects to."""
+
+    id: str
+    protocol: Literal["opcua", "modbus"]
+    url: str | None = None  # opc.tcp://host:port/path
+    host: str | None = None  # modbus
+    port: int | None = Field(default=None, ge=1, le=65535)
+    device_id: int = Field(default=1, ge=0, le=255)
+    timeout_s: float = Field(default=1.0, gt=0)
+    security: Literal["Basic256Sha256_SignAndEncrypt", "None"] = "Basic256Sha256_SignAndEncrypt"
+
+    @model_validator(mode="after")
+    def _addr(self) -> Endpoint:
+        if self.protocol == "opcua" and not (self.url or "").startswith("opc.tcp://"):
+            raise ValueError(f"an opcua endpoint needs url = 'opc.tcp://...', got {self.url!r}")
+        if self.protocol == "modbus" and (not self.host or self.port is None):
+            raise ValueError("a modbus endpoint needs host and port")
+        return self
+
+
+class Area(_Model):
+    id: str
+    name: str
+
+
+class Room(_Model):
+    id: str
+    area: str
+    name: str
+    grade: Grade
+    dp_setpoint_pa: float = Field(ge=0, le=100)
+    type: str
+
+
+class Unit(_Model):
+    id: str = Field(pattern=r"^[A-Z][A-Z0-9-]*$")
+    kind: UnitKind
+    room: str
+    type: str
+    description: str = ""
+    initial_volume_l: float = Field(gt=0)
+    working_volume_l: float = Field(gt=0)
+
+
+class Recipe(_Model):
+    """Master recipe: process schedule and the setpoints a batch starts with."""
+
+    id: str
+    unit_kinds: list[UnitKind] = Field(min_length=1)
+    seed_density: float = Field(gt=0, description="viable cells/mL at activation")
+    transduction_day: float = Field(ge=0)
+    feed_start_day: float = Field(ge=0)
+    harvest_day: float = Field(gt=0)
+    setpoints: dict[str, float]
+
+    @model_validator(mode="after")
+    def _order(self) -> Recipe:
+        if not self.transduction_day <= self.feed_start_day < self.harvest_day:
+            raise ValueError(
+                f"schedule must satisfy transduction_day <= feed_start_day < harvest_day, got "
+                f"{self.transduction_day}, {self.feed_start_day}, {self.harvest_day}"
+            )
+        return self
+
+
+class SiteInfo(_Model):
+    name: str
+    code: str = Field(pattern=r"^[A-Z0-9]{2,8}$")
+    description: str = ""
+
+
+class SiteFile(_Model):
+    """The raw TOML document, validated field by field."""
+
+    site: SiteInfo
+    areas: list[Area] = Field(min_length=1)
+    rooms: list[Room] = Field(min_length=1)
+    units: list[Unit] = Field(min_length=1)
+    endpoints: list[Endpoint] = []
+    unit_types: list[TagType] = Field(min_length=1)
+    room_types: list[TagType] = []
+    recipes: list[Recipe] = Field(min_length=1)
+
+
+@dataclass(frozen=True, slots=True)
+class Tag:
+    """One concrete tag of a unit or room (e.g. BR01.TEMP), with its limits and address."""
+
+    name: str
+    owner: str
+    short: str
+    description: str
+    uom: str
+    eng_range: tuple[float, float]
+    alert_low: float | None
+    alert_high: float | None
+    action_low: float | None
+    action_high: float | None
+    controllable: bool
+    controls: str | None
+    par: tuple[float, float] | None
+    max_step: float | None
+    min_interval_h: float
+    opcua: OpcUaAddress | None
+    modbus: ModbusAddress | None
+
+
+@dataclass(frozen=True, slots=True)
+class Site:
+    """A validated site with every tag resolved per unit and room."""
+
+    source: str
+    info: SiteInfo
+    areas: dict[str, Area]
+    rooms: dict[str, Room]
+    units: dict[str, Unit]
+    endpoints: dict[str, Endpoint]
+    recipes: dict[str, Recipe]
+    tags: dict[str, Tag]
+
+    def unit_tags(self, unit: str) -> list[Tag]:
+        """Tags owned by a unit or room id, in declaration order."""
+        return [t for t in self.tags.values() if t.owner == unit]
+
+    def units_in_room(self, room: str) -> list[Unit]:
+        """Units located in a room."""
+        return [u for u in self.units.values() if u.room == room]
+
+    def controllable(self, unit: str) -> list[Tag]:
+        """Setpoint tags of a unit that cellwatch may recommend changing."""
+        return [t for t in self.unit_tags(unit) if t.controllable]
+
+
+def _no_duplicates(ids: list[str], what: str) -> None:
+    seen: set[str] = set()
+    for i in ids:
+        if i in seen:
+            raise ValueError(f"duplicate {what} {i!r}")
+        seen.add(i)
+
+
+def _loc(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "(top level)"
+
+
+def _lookup(doc: object, loc: tuple[int | str, ...]) -> object:
+    for part in loc:
+        try:
+            doc = doc[part]  # type: ignore[index]
+        except (KeyError, IndexError, TypeError):
+            return None
+    return doc
+
+
+def _describe(doc: dict, loc: tuple[int | str, ...]) -> str:
+    """Name the offending entry by its id when the location is inside a list of tables."""
+    for i in range(len(loc) - 1, 0, -1):
+        if isinstance(loc[i], int):
+            item = _lookup(doc, loc[: i + 1])
+            if isinstance(item, dict) and ("id" in item or "name" in item):
+                return f" ({item.get('id') or item.get('name')})"
+    return ""
+
+
+def _format_validation(source: str, doc: dict, err: ValidationError) -> str:
+    lines = []
+    for e in err.errors():
+        loc = tuple(p for p in e["loc"] if not (isinstance(p, str) and p.startswith(("function-", "tagged-"))))
+        key = _loc(loc)
+        value = e.get("input") if e["type"] != "missing" else "(missing)"
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key (typo?)"
+        # Cross-field checks name their field first ("alert_low = 34.0 is below ..."): point at it.
+        field = re.match(r"^([a-z_0-9]+) = ", msg)
+        if field and isinstance(value, dict) and field.group(1) in value:
+            loc = (*loc, field.group(1))
+            key, value = _loc(loc), value[field.group(1)]
+        shown = repr(value) if not isinstance(value, dict) else "{...}"
+        lines.append(f"{source}: {key}{_describe(doc, loc)}: {msg} (value: {shown})")
+    return "\n".join(lines)
+
+
+def _cross_check(sf: SiteFile) -> list[tuple[str, str, object]]:
+    """References between sections: (key, message, value) per problem."""
+    problems: list[tuple[str, str, object]] = []
+    for what, items in (("areas", sf.areas), ("rooms", sf.rooms), ("units", sf.units), ("endpoints", sf.endpoints),
+                        ("unit_types", sf.unit_types), ("room_types", sf.room_types), ("recipes", sf.recipes)):
+        seen: set[str] = set()
+        for i, item in enumerate(items):
+            if item.id in seen:
+                problems.append((f"{what}[{i}].id", f"duplicate id in {what}", item.id))
+            seen.add(item.id)
+    areas = {a.id for a in sf.areas}
+    rooms = {r.id for r in sf.rooms}
+    utypes = {t.id: t for t in sf.unit_types}
+    rtypes = {t.id for t in sf.room_types}
+    endpoints = {e.id: e for e in sf.endpoints}
+    for i, r in enumerate(sf.rooms):
+        if r.area not in areas:
+            problems.append((f"rooms[{i}].area", f"room {r.id} names an unknown area", r.area))
+        if r.type not in rtypes:
+            problems.append((f"rooms[{i}].type", f"room {r.id} names an unknown room type", r.type))
+    if {u.id for u in sf.units} & rooms:
+        problems.append(("units", "a unit id equals a room id", sorted({u.id for u in sf.units} & rooms)))
+    for i, u in enumerate(sf.units):
+        if u.room not in rooms:
+            problems.append((f"units[{i}].room", f"unit {u.id} names an unknown room", u.room))
+        if u.type not in utypes:
+            problems.append((f"units[{i}].type", f"unit {u.id} names an unknown unit type", u.type))
+        if u.working_volume_l < u.initial_volume_l:
+            problems.append((f"units[{i}].working_volume_l", f"unit {u.id}: working volume is below the initial volume",
+                             u.working_volume_l))
+    owners = [("unit_types", u.id, u.type) for u in sf.units] + [("room_types", r.id, r.type) for r in sf.rooms]
+    for kind, owner, type_id in owners:
+        types = sf.unit_types if kind == "unit_types" else sf.room_types
+        for i, tt in enumerate(types):
+            if tt.id != type_id:
+                continue
+            for j, t in enumerate(tt.tags):
+                for proto, addr in (("opcua", t.opcua), ("modbus", t.modbus)):
+                    if addr is None:
+                        continue
+                    ep_id = addr.endpoint.format(owner=owner, unit=owner)
+                    ep = endpoints.get(ep_id)
+                    key = f"{kind}[{i}].tags[{j}].{proto}.endpoint"
+                    if ep is None:
+                        problems.append((key, f"tag {owner}.{t.name} names an unknown endpoint", ep_id))
+                    elif ep.protocol != proto:
+                        problems.append((key, f"tag {owner}.{t.name} has a {proto} address on a {ep.protocol} "
+                                         "endpoint", ep_id))
+    for i, rc in enumerate(sf.recipes):
+        controllable = {t.name for tt in sf.unit_types for t in tt.tags if t.controllable}
+        for name in rc.setpoints:
+            if name not in controllable:
+                problems.append((f"recipes[{i}].setpoints.{name}",
+                                 f"recipe {rc.id} sets {name}, which no unit type declares controllable", name))
+    return problems
+
+
+def _resolve_tags(sf: SiteFile) -> dict[str, Tag]:
+    utypes = {t.id: t for t in sf.unit_types}
+    rtypes = {t.id: t for t in sf.room_types}
+    tags: dict[str, Tag] = {}
+    owners: list[tuple[str, TagType, Grade | None]] = [(u.id, utypes[u.type], None) for u in sf.units]
+    owners += [(r.id, rtypes[r.type], r.grade) for r in sf.rooms]
+    for owner, ttype, grade in owners:
+        for t in ttype.tags:
+            action_high = t.action_high
+            if t.annex1 is not None and grade is not None and action_high is None:
+                limits = ANNEX1_PARTICLE_LIMITS[grade]["in_operation"]
+                action_high = limits[0] if t.annex1 == "0.5" else limits[1]
+            fmt = {"unit": owner, "owner": owner}
+            opcua = t.opcua and t.opcua.model_copy(update={
+                "browse_path": t.opcua.browse_path.format(**fmt),
+                "node_id": t.opcua.node_id and t.opcua.node_id.format(**fmt)})
+            modbus = t.modbus and t.modbus.model_copy(update={"endpoint": t.modbus.endpoint.format(**fmt)})
+            opcua = opcua and opcua.model_copy(update={"endpoint": opcua.endpoint.format(**fmt)})
+            name = f"{owner}.{t.name}"
+            tags[name] = Tag(
+                name=name, owner=owner, short=t.name, description=t.description, uom=t.uom,
+                eng_range=t.eng_range, alert_low=t.alert_low, alert_high=t.alert_high,
+                action_low=t.action_low, action_high=action_high, controllable=t.controllable,
+                controls=t.controls and f"{owner}.{t.controls}", par=t.par, max_step=t.max_step,
+                min_interval_h=t.min_interval_h, opcua=opcua, modbus=modbus,
+            )
+    return tags
+
+
+def parse_site(text: str, source: str = "<site>") -> Site:
+    """Parse and validate site TOML text; raise SiteError naming source, key and value."""
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise SiteError(f"{source}: not valid TOML: {exc}") from None
+    try:
+        sf = SiteFile.model_validate(doc)
+    except ValidationError as exc:
+        raise SiteError(_format_validation(source, doc, exc)) from None
+    problems = _cross_check(sf)
+    if problems:
+        raise SiteError("\n".join(f"{source}: {k}: {m} (value: {v!r})" for k, m, v in problems))
+    return Site(
+        source=source, info=sf.site, areas={a.id: a for a in sf.areas}, rooms={r.id: r for r in sf.rooms},
+        units={u.id: u for u in sf.units}, endpoints={e.id: e for e in sf.endpoints},
+        recipes={r.id: r for r in sf.recipes}, tags=_resolve_tags(sf),
+    )
+
+
+def load_site(path: str | Path) -> Site:
+    """Load and validate a site file; errors name the file, the key and the bad value."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise SiteError(f"{p}: cannot read site file: {exc.strerror}") from None
+    return parse_site(text, source=str(p))
+
+
+def demo_site_text() -> str:
+    """The TOML text of the demo site that ships with cellwatch."""
+    return resources.files("plant").joinpath("sites/demo.toml").read_text(encoding="utf-8")
+
+
+def load_demo_site() -> Site:
+    """The demo site shipped with cellwatch (embedded defaults)."""
+    return parse_site(demo_site_text(), source="demo.toml")
+
