@@ -4,13 +4,22 @@ from __future__ import annotations
 
 import math
 import re
+import string
 import tomllib
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 Grade = Literal["A", "B", "C", "D"]
 UnitKind = Literal["rocking_bag", "stirred_tank", "static_gp"]
@@ -32,7 +41,32 @@ class SiteError(ValueError):
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # strict: a quoted number ("30"), a bool for a number or 1 for a bool is a typo in a site file, not
+    # something to coerce silently. TOML integers are still accepted where a float is expected.
+    # TOML's nan/inf are never a meaningful limit, volume, step or scale.
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
+
+
+# TOML has arrays, not tuples: accept a list for a (low, high) pair; the items stay strictly numeric.
+_Pair = Annotated[tuple[float, float], BeforeValidator(lambda v: tuple(v) if isinstance(v, list) else v)]
+
+# Placeholders an address may use; both stand for the owning unit's or room's id.
+_PLACEHOLDERS = frozenset({"unit", "owner"})
+
+
+def _template(v: str | None) -> str | None:
+    """Check that an address template uses only {unit}/{owner}, so resolving it cannot fail later."""
+    if v is None:
+        return v
+    try:
+        fields = [(f, spec, conv) for _, f, spec, conv in string.Formatter().parse(v) if f is not None]
+    except ValueError as exc:
+        raise ValueError(f"not a valid address template ({exc}); use {{unit}} or {{owner}}") from None
+    for f, spec, conv in fields:
+        if f not in _PLACEHOLDERS or spec or conv:
+            shown = f + (f"!{conv}" if conv else "") + (f":{spec}" if spec else "")
+            raise ValueError(f"unknown placeholder {{{shown}}}; use {{unit}} or {{owner}}")
+    return v
 
 
 def _pair(v: tuple[float, float], what: str) -> tuple[float, float]:
@@ -53,6 +87,8 @@ class OpcUaAddress(_Model):
     sampling_ms: float = Field(default=1000.0, gt=0)
     deadband: float = Field(default=0.0, ge=0)
 
+    _templates = field_validator("endpoint", "browse_path", "node_id")(_template)
+
 
 class ModbusAddress(_Model):
     """Where a tag lives on a Modbus device: register, type, byte/word order, scaling."""
@@ -66,6 +102,8 @@ class ModbusAddress(_Model):
     scale: float = 1.0
     offset: float = 0.0
     nan_sentinel: float | None = None
+
+    _templates = field_validator("endpoint")(_template)
 
     @field_validator("scale")
     @classmethod
@@ -81,7 +119,8 @@ class ModbusAddress(_Model):
     @model_validator(mode="after")
     def _fits(self) -> ModbusAddress:
         if self.address + self.register_count - 1 > 65535:
-            raise ValueError(f"address {self.address} + {self.register_count} words runs past 65535")
+            raise ValueError(f"address = {self.address} with type {self.type} ({self.register_count} registers) "
+                             "runs past register 65535")
         return self
 
 
@@ -91,7 +130,7 @@ class TagTemplate(_Model):
     name: str = Field(pattern=r"^[A-Z][A-Z0-9_]*$")
     description: str = ""
     uom: str = Field(min_length=1)
-    eng_range: tuple[float, float]
+    eng_range: _Pair
     alert_low: float | None = None
     alert_high: float | None = None
     action_low: float | None = None
@@ -99,7 +138,7 @@ class TagTemplate(_Model):
     annex1: Literal["0.5", "5.0"] | None = None  # action limit from the room's grade
     controllable: bool = False
     controls: str | None = None  # the process value a setpoint steers
-    par: tuple[float, float] | None = None  # proven acceptable range
+    par: _Pair | None = None  # proven acceptable range
     max_step: float | None = Field(default=None, gt=0)
     min_interval_h: float = Field(default=4.0, ge=0)
     opcua: OpcUaAddress | None = None
@@ -127,31 +166,32 @@ class TagTemplate(_Model):
         if self.alert_high is not None and self.action_high is not None and self.alert_high > self.action_high:
             raise ValueError(f"alert_high = {self.alert_high} is above action_high = {self.action_high}")
         if self.controllable:
-            if self.par is None or self.max_step is None:
-                raise ValueError(f"controllable = true needs par = [low, high] and max_step (tag {self.name})")
+            missing = [k for k in ("par", "max_step") if getattr(self, k) is None]
+            if missing:
+                raise ValueError(f"controllable = true needs par = [low, high] and max_step (tag {self.name}); "
+                                 f"missing: {', '.join(missing)}")
             if not (lo <= self.par[0] and self.par[1] <= hi):
                 raise ValueError(f"par = {list(self.par)} lies outside eng_range [{lo}, {hi}]")
-        elif self.par is not None or self.max_step is not None:
-            raise ValueError("par and max_step are only for controllable tags (set controllable = true)")
+        else:
+            for key in ("par", "max_step"):
+                v = getattr(self, key)
+                if v is not None:
+                    shown = list(v) if isinstance(v, tuple) else v
+                    raise ValueError(f"{key} = {shown} is only for controllable tags (set controllable = true)")
         if self.opcua is not None and self.modbus is not None:
             raise ValueError("a tag has one address: opcua or modbus, not both")
         return self
 
 
 class TagType(_Model):
-    """A reusable set of tags (for a kind of bioreactor or a kind of room)."""
+    """A reusable set of tags (for a kind of bioreactor or a kind of room).
+
+    Unique tag names and ``controls`` references are checked by the site cross-check, which can name
+    the exact key (``unit_types[0].tags[3].controls``).
+    """
 
     id: str
     tags: list[TagTemplate] = Field(min_length=1)
-
-    @model_validator(mode="after")
-    def _unique(self) -> TagType:
-        _no_duplicates([t.name for t in self.tags], "tag name")
-        names = {t.name for t in self.tags}
-        for t in self.tags:
-            if t.controls is not None and t.controls not in names:
-                raise ValueError(f"tag {t.name} controls unknown tag {t.controls!r}")
-        return self
 
 
 class Endpoint(_Model):
@@ -169,9 +209,13 @@ class Endpoint(_Model):
     @model_validator(mode="after")
     def _addr(self) -> Endpoint:
         if self.protocol == "opcua" and not (self.url or "").startswith("opc.tcp://"):
-            raise ValueError(f"an opcua endpoint needs url = 'opc.tcp://...', got {self.url!r}")
+            if self.url is None:
+                raise ValueError("an opcua endpoint needs url = 'opc.tcp://...'; missing: url")
+            raise ValueError(f"url = {self.url!r} is not an OPC UA address; an opcua endpoint needs "
+                             "url = 'opc.tcp://...'")
         if self.protocol == "modbus" and (not self.host or self.port is None):
-            raise ValueError("a modbus endpoint needs host and port")
+            missing = [k for k in ("host", "port") if getattr(self, k) in (None, "")]
+            raise ValueError(f"a modbus endpoint needs host and port; missing: {', '.join(missing)}")
         return self
 
 
@@ -212,11 +256,13 @@ class Recipe(_Model):
 
     @model_validator(mode="after")
     def _order(self) -> Recipe:
-        if not self.transduction_day <= self.feed_start_day < self.harvest_day:
-            raise ValueError(
-                f"schedule must satisfy transduction_day <= feed_start_day < harvest_day, got "
-                f"{self.transduction_day}, {self.feed_start_day}, {self.harvest_day}"
-            )
+        rule = "(schedule must satisfy transduction_day <= feed_start_day < harvest_day)"
+        if self.feed_start_day < self.transduction_day:
+            raise ValueError(f"feed_start_day = {self.feed_start_day} is before transduction_day = "
+                             f"{self.transduction_day} {rule}")
+        if self.harvest_day <= self.feed_start_day:
+            raise ValueError(f"harvest_day = {self.harvest_day} is not after feed_start_day = "
+                             f"{self.feed_start_day} {rule}")
         return self
 
 
@@ -288,14 +334,6 @@ class Site:
         return [t for t in self.unit_tags(unit) if t.controllable]
 
 
-def _no_duplicates(ids: list[str], what: str) -> None:
-    seen: set[str] = set()
-    for i in ids:
-        if i in seen:
-            raise ValueError(f"duplicate {what} {i!r}")
-        seen.add(i)
-
-
 def _loc(loc: tuple[int | str, ...]) -> str:
     out = ""
     for part in loc:
@@ -322,6 +360,12 @@ def _describe(doc: dict, loc: tuple[int | str, ...]) -> str:
     return ""
 
 
+def _shown(value: object, limit: int = 120) -> str:
+    """The bad value as it appears in a message: repr, tables elided, long values cut."""
+    text = "{...}" if isinstance(value, dict) else repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def _format_validation(source: str, doc: dict, err: ValidationError) -> str:
     lines = []
     for e in err.errors():
@@ -336,9 +380,14 @@ def _format_validation(source: str, doc: dict, err: ValidationError) -> str:
         if field and isinstance(value, dict) and field.group(1) in value:
             loc = (*loc, field.group(1))
             key, value = _loc(loc), value[field.group(1)]
-        shown = repr(value) if not isinstance(value, dict) else "{...}"
-        lines.append(f"{source}: {key}{_describe(doc, loc)}: {msg} (value: {shown})")
+        lines.append(f"{source}: {key}{_describe(doc, loc)}: {msg} (value: {_shown(value)})")
     return "\n".join(lines)
+
+
+def _annex1_limit(grade: Grade, size: str) -> float | None:
+    """The Annex 1 in-operation action limit per m3 for a grade and particle size ("0.5" or "5.0")."""
+    limits = ANNEX1_PARTICLE_LIMITS[grade]["in_operation"]
+    return limits[0] if size == "0.5" else limits[1]
 
 
 def _cross_check(sf: SiteFile) -> list[tuple[str, str, object]]:
@@ -351,6 +400,21 @@ def _cross_check(sf: SiteFile) -> list[tuple[str, str, object]]:
             if item.id in seen:
                 problems.append((f"{what}[{i}].id", f"duplicate id in {what}", item.id))
             seen.add(item.id)
+    for kind, types in (("unit_types", sf.unit_types), ("room_types", sf.room_types)):
+        for i, tt in enumerate(types):
+            names: set[str] = set()
+            for j, t in enumerate(tt.tags):
+                if t.name in names:
+                    problems.append((f"{kind}[{i}].tags[{j}].name", f"duplicate tag name in {kind[:-6]} type {tt.id}",
+                                     t.name))
+                names.add(t.name)
+            for j, t in enumerate(tt.tags):
+                if t.controls is not None and t.controls not in names:
+                    problems.append((f"{kind}[{i}].tags[{j}].controls",
+                                     f"tag {t.name} of {kind[:-6]} type {tt.id} controls an unknown tag", t.controls))
+                if kind == "unit_types" and t.annex1 is not None:
+                    problems.append((f"{kind}[{i}].tags[{j}].annex1", f"tag {t.name} of unit type {tt.id}: annex1 "
+                                     "limits come from a room's grade and only apply to room_types tags", t.annex1))
     areas = {a.id for a in sf.areas}
     rooms = {r.id for r in sf.rooms}
     utypes = {t.id: t for t in sf.unit_types}
@@ -371,30 +435,67 @@ def _cross_check(sf: SiteFile) -> list[tuple[str, str, object]]:
         if u.working_volume_l < u.initial_volume_l:
             problems.append((f"units[{i}].working_volume_l", f"unit {u.id}: working volume is below the initial volume",
                              u.working_volume_l))
-    owners = [("unit_types", u.id, u.type) for u in sf.units] + [("room_types", r.id, r.type) for r in sf.rooms]
-    for kind, owner, type_id in owners:
-        types = sf.unit_types if kind == "unit_types" else sf.room_types
+    # Addresses: resolve each tag's endpoint per owner; one problem per (key, endpoint), naming all owners.
+    owners_of = {("unit_types", t.id): [u.id for u in sf.units if u.type == t.id] for t in sf.unit_types}
+    owners_of |= {("room_types", t.id): [r.id for r in sf.rooms if r.type == t.id] for t in sf.room_types}
+    for kind, types in (("unit_types", sf.unit_types), ("room_types", sf.room_types)):
         for i, tt in enumerate(types):
-            if tt.id != type_id:
-                continue
+            owners = owners_of[(kind, tt.id)]
             for j, t in enumerate(tt.tags):
                 for proto, addr in (("opcua", t.opcua), ("modbus", t.modbus)):
                     if addr is None:
                         continue
-                    ep_id = addr.endpoint.format(owner=owner, unit=owner)
-                    ep = endpoints.get(ep_id)
-                    key = f"{kind}[{i}].tags[{j}].{proto}.endpoint"
-                    if ep is None:
-                        problems.append((key, f"tag {owner}.{t.name} names an unknown endpoint", ep_id))
-                    elif ep.protocol != proto:
-                        problems.append((key, f"tag {owner}.{t.name} has a {proto} address on a {ep.protocol} "
-                                         "endpoint", ep_id))
+                    bad: dict[str, list[str]] = {}
+                    for owner in owners:
+                        bad.setdefault(addr.endpoint.format(owner=owner, unit=owner), []).append(owner)
+                    for ep_id, who in bad.items():
+                        ep = endpoints.get(ep_id)
+                        tag = f"tag {t.name} of {', '.join(who)}"
+                        key = f"{kind}[{i}].tags[{j}].{proto}.endpoint"
+                        if ep is None:
+                            problems.append((key, f"{tag} names an unknown endpoint", ep_id))
+                        elif ep.protocol != proto:
+                            problems.append((key, f"{tag} has an {proto} address on a {ep.protocol} endpoint", ep_id))
+    # Particle limits from the Annex 1 grade of every room using the type: alert must stay inside action,
+    # and an explicit action limit may only be tighter than the grade's.
+    for i, tt in enumerate(sf.room_types):
+        graded = [r for r in sf.rooms if r.type == tt.id]
+        for j, t in enumerate(tt.tags):
+            if t.annex1 is None:
+                continue
+            for r in graded:
+                limit = _annex1_limit(r.grade, t.annex1)
+                if limit is None:
+                    continue
+                where = (f"room {r.id} (grade {r.grade}): the Annex 1 action limit for >= {t.annex1} um "
+                         f"in operation is {limit:.15g} /m3")
+                if t.action_high is not None and t.action_high > limit:
+                    problems.append((f"room_types[{i}].tags[{j}].action_high",
+                                     f"{where}; action_high of {t.name} may not be above it", t.action_high))
+                action = limit if t.action_high is None else min(limit, t.action_high)
+                if t.alert_high is not None and t.alert_high > action:
+                    problems.append((f"room_types[{i}].tags[{j}].alert_high",
+                                     f"{where}; alert_high of {t.name} must not be above the action limit "
+                                     f"{action:.15g}",
+                                     t.alert_high))
+    # Recipes: every setpoint must be a controllable tag of the unit types the recipe runs on, inside its PAR.
+    controllable = {t.name for tt in sf.unit_types for t in tt.tags if t.controllable}
     for i, rc in enumerate(sf.recipes):
-        controllable = {t.name for tt in sf.unit_types for t in tt.tags if t.controllable}
-        for name in rc.setpoints:
+        types = [utypes[tid] for tid in dict.fromkeys(u.type for u in sf.units if u.kind in rc.unit_kinds)
+                 if tid in utypes]
+        for name, value in rc.setpoints.items():
+            key = f"recipes[{i}].setpoints.{name}"
             if name not in controllable:
-                problems.append((f"recipes[{i}].setpoints.{name}",
-                                 f"recipe {rc.id} sets {name}, which no unit type declares controllable", name))
+                problems.append((key, f"recipe {rc.id} sets {name}, which no unit type declares controllable", name))
+                continue
+            for tt in types:
+                tag = next((t for t in tt.tags if t.name == name), None)
+                if tag is None or not tag.controllable:
+                    problems.append((key, f"recipe {rc.id} sets {name}, which unit type {tt.id} does not declare "
+                                     "controllable", name))
+                elif not (tag.par[0] <= value <= tag.par[1]):  # type: ignore[index]
+                    problems.append((key, f"recipe {rc.id}: {name} = {value} lies outside the par "
+                                     f"{list(tag.par)} of unit type {tt.id}", value))  # type: ignore[arg-type]
     return problems
 
 
@@ -439,7 +540,7 @@ def parse_site(text: str, source: str = "<site>") -> Site:
         raise SiteError(_format_validation(source, doc, exc)) from None
     problems = _cross_check(sf)
     if problems:
-        raise SiteError("\n".join(f"{source}: {k}: {m} (value: {v!r})" for k, m, v in problems))
+        raise SiteError("\n".join(f"{source}: {k}: {m} (value: {_shown(v)})" for k, m, v in problems))
     return Site(
         source=source, info=sf.site, areas={a.id: a for a in sf.areas}, rooms={r.id: r for r in sf.rooms},
         units={u.id: u for u in sf.units}, endpoints={e.id: e for e in sf.endpoints},
@@ -453,7 +554,11 @@ def load_site(path: str | Path) -> Site:
     try:
         text = p.read_text(encoding="utf-8")
     except OSError as exc:
-        raise SiteError(f"{p}: cannot read site file: {exc.strerror}") from None
+        raise SiteError(f"{p}: cannot read site file: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        line = exc.object[: exc.start].count(b"\n") + 1
+        raise SiteError(f"{p}: not a UTF-8 text file: byte {exc.object[exc.start]:#04x} at line {line} "
+                        f"({exc.reason})") from None
     return parse_site(text, source=str(p))
 
 
