@@ -328,7 +328,8 @@ def to_frame(data: SampleData) -> pl.DataFrame:
     extra = [c for c in data.columns if c not in SAMPLE_SCHEMA]
     if missing or extra:
         raise ValueError(
-            f"samples frame: missing column(s) {missing}, unexpected column(s) {extra}; expected {list(SAMPLE_SCHEMA)}"
+            f"samples frame: missing column(s) {missing}, unexpected column(s) {extra}; "
+            f"expected exactly {list(SAMPLE_SCHEMA)}"
         )
     out = pl.DataFrame([_coerce(data.get_column(c), c, t) for c, t in SAMPLE_SCHEMA.items()])
     for col in ("ts", "tag", "quality"):
@@ -349,7 +350,8 @@ def _coerce(s: pl.Series, name: str, dtype: pl.DataType) -> pl.Series:
     try:
         return s.cast(dtype, strict=True)
     except pl.exceptions.PolarsError as exc:
-        raise ValueError(f"samples frame: column {name!r} cannot be converted from {s.dtype} to {dtype}: {exc}") from None
+        msg = f"samples frame: column {name!r} cannot be converted from {s.dtype} to {dtype}: {exc}"
+        raise ValueError(msg) from None
 
 
 def _utc(ts: When, name: str) -> When:

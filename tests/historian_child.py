@@ -1,7 +1,7 @@
 """Child process for the historian crash and concurrency tests (not a test module).
 
     python historian_child.py write ROOT N_BATCHES ROWS   # append batch i, then print "ACK i"
-    python historian_child.py read ROOT STOP_FILE         # read until STOP_FILE exists, print "COUNT n"
+    python historian_child.py read ROOT STOP_FILE         # read until STOP_FILE exists, print "COUNT n ..."
 """
 
 from __future__ import annotations
@@ -44,14 +44,16 @@ def write(root: str, n_batches: int, rows: int) -> None:
 
 def read(root: str, stop_file: str) -> None:
     h = Historian(root)
-    last = -1
+    last, reads = -1, 0
     while True:
         done = Path(stop_file).exists()  # checked before reading so the final read sees everything
         n = h.read().height
+        reads += 1
         if n < last:
             raise SystemExit(f"row count went backwards: {last} -> {n}")
+        if n != last or done:  # print changes only, so the pipe never fills up
+            print(f"COUNT {n} after {reads} reads", flush=True)
         last = n
-        print(f"COUNT {n}", flush=True)
         if done:
             return
 

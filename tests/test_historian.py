@@ -74,7 +74,8 @@ def test_round_trip_every_column(tmp_path: Path) -> None:
     assert h.append(df) == 4
     out = h.read()
     assert out.schema == pl.Schema(SAMPLE_SCHEMA)
-    expected = df.with_columns(pl.col("ts").dt.convert_time_zone("UTC").dt.cast_time_unit("us")).cast(SAMPLE_SCHEMA)  # type: ignore[arg-type]
+    utc_ts = pl.col("ts").dt.convert_time_zone("UTC").dt.cast_time_unit("us")
+    expected = df.with_columns(utc_ts).cast(SAMPLE_SCHEMA)  # type: ignore[arg-type]
     assert_frame_equal(out, expected.sort("tag", "ts"))
     assert out.filter(pl.col("quality") == "BAD")["value"].to_list() == [None]  # no zero filling
 
@@ -97,10 +98,24 @@ def test_multi_day_append_lands_in_utc_date_partitions(tmp_path: Path) -> None:
     df = minutes("a", 5, start=T0 - timedelta(minutes=2))  # 23:58 .. 00:02 UTC
     h.append(df)
     assert sorted(p.name for p in tmp_path.iterdir() if p.is_dir()) == ["date=2025-12-31", "date=2026-01-01"]
+    h.append(pl.concat([minutes("b", 3, start=T0), minutes("a", 3, start=T0 + timedelta(minutes=10))]))
     for f in parquet_files(tmp_path):
-        day = f.parent.name.removeprefix("date=")
-        assert {str(d) for d in pl.read_parquet(f)["ts"].dt.date()} == {day}
-    assert h.read().height == 5
+        seg = pl.read_parquet(f)
+        assert {str(d) for d in seg["ts"].dt.date()} == {f.parent.name.removeprefix("date=")}
+        assert_frame_equal(seg, seg.sort("tag", "ts"))  # segments are written sorted by (tag, ts)
+    assert h.read().height == 11
+
+
+def test_scan_is_lazy_and_pushes_filters_into_the_parquet_scan(tmp_path: Path) -> None:
+    h = Historian(tmp_path)
+    h.append(pl.concat([minutes("a", 3, start=T0 + timedelta(days=d)) for d in range(3)]))
+    lf = h.scan(["a"], T0 + timedelta(days=1), T0 + timedelta(days=2))
+    assert isinstance(lf, pl.LazyFrame)
+    plan = lf.explain()
+    scan_line, selection = plan.splitlines()[0], plan.split("SELECTION:")[1]
+    assert "date=2026-01-02" in scan_line and "date=2026-01-01" not in scan_line and "date=2026-01-03" not in scan_line
+    assert "is_in" in selection and 'col("ts") >=' in selection and 'col("ts") <' in selection
+    assert lf.collect().height == 3
 
 
 def test_tag_and_time_filters_start_inclusive_end_exclusive(tmp_path: Path) -> None:
@@ -360,18 +375,21 @@ def test_concurrent_reader_writer_and_compaction(tmp_path: Path) -> None:
     n_batches, rows = 40, 500
     stop = tmp_path / "stop"
     root = tmp_path / "hist"
-    Historian(root)
-    writer = subprocess.Popen(
-        [sys.executable, str(CHILD), "write", str(root), str(n_batches), str(rows)],
-        stdout=subprocess.DEVNULL, env=child_env(), cwd=REPO,
-    )
+    h = Historian(root)
     reader = subprocess.Popen(
         [sys.executable, str(CHILD), "read", str(root), str(stop)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=child_env(), cwd=REPO,
     )
-    h = Historian(root)
+    writer = None
     compactions = 0
     try:
+        assert reader.stdout is not None
+        first = reader.stdout.readline()  # the reader is up and looping before any data arrives
+        assert first.startswith("COUNT 0 "), first + reader.stderr.read()  # type: ignore[union-attr]
+        writer = subprocess.Popen(
+            [sys.executable, str(CHILD), "write", str(root), str(n_batches), str(rows)],
+            stdout=subprocess.DEVNULL, env=child_env(), cwd=REPO,
+        )
         while writer.poll() is None:
             compactions += h.compact(min_files=2, grace_s=0).partitions  # grace 0: readers must retry
         assert writer.returncode == 0
@@ -379,11 +397,11 @@ def test_concurrent_reader_writer_and_compaction(tmp_path: Path) -> None:
         out, err = reader.communicate(timeout=60)
     finally:
         for p in (writer, reader):
-            p.kill()
-            p.wait()
+            if p is not None:
+                p.kill()
+                p.wait()
     assert reader.returncode == 0, err
-    counts = [int(line.split()[1]) for line in out.splitlines()]
-    assert counts == sorted(counts) and counts[-1] == n_batches * rows
-    assert len(counts) > 3 and compactions > 0
-    ids = h.read()["value"].cast(pl.Int64)
-    assert ids.sort().to_list() == list(range(n_batches * rows))
+    counts = [int(line.split()[1]) for line in [first, *out.splitlines()]]
+    assert counts == sorted(counts) and counts[-1] == n_batches * rows  # monotonic, complete at the end
+    assert compactions > 0
+    assert sorted(h.read()["value"].cast(pl.Int64).to_list()) == list(range(n_batches * rows))

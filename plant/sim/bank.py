@@ -62,7 +62,7 @@ class Bank:
             tau_lag=np.array([p.tau_lag for p in plans]),
             xmax=np.select([kinds == k.KIND_ROCKING, kinds == k.KIND_STR], [15e6, 30e6], 2.5e6),
             g_in=media[:, 0], q_in=media[:, 1], hco3_in=media[:, 2], ph_control=~static, do_control=~static,
-            perfusion=~static,
+            perfusion=~static, hco3_share=np.where(static, 1.0, 0.45),
         )
         for name, value in (overrides or {}).items():  # tests and what-if runs, e.g. {"do_control": False}
             setattr(self.p, name, np.broadcast_to(np.asarray(value), (n,)).copy())

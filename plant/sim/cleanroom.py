@@ -8,6 +8,14 @@ minute-by-minute calls therefore give the same numbers (domain.md sections 6-8).
 Particle counts are 1-minute samples at 1 cfm (0.02832 m3): P05/P50 are Poisson counts / 0.02832.
 Counts a fault adds are drawn from a separate stream and added, so minutes without a fault effect
 are identical with and without the fault.
+
+Faults (plant.sim.faults.ROOM_FAULTS) start at their rates per room-day (Poisson, drawn per start
+day; personnel_shedding only while operators are in the room, so its rate is per operating day)
+with durations uniform in [min_h, max_h], or are forced by an Injection. Injection.params may fix
+hvac_trip target_factor (x the next grade's at-rest levels, default U(1, 3)) and rise_min (~90 %
+rise time, default U(10, 30)); door_held_open dp_fraction (default U(0.1, 0.55)); hepa_leak factor
+(0.5 um multiplier, default U(3, 10)); personnel_shedding level (5.0 um added, in multiples of
+the 5.0 um action limit). An injected personnel_shedding also sets OCC to 1 (someone is in the room).
 """
 
 from __future__ import annotations
@@ -35,7 +43,7 @@ TRH_DROPOUTS_PER_DAY = 0.1  # T/RH transmitter "unavailable" (NaN) episodes of 1
 _MIN = np.arange(DAY)
 _KINDS = tuple(ROOM_FAULTS)
 _ORDER = {"hepa_leak": 0, "personnel_shedding": 1, "door_held_open": 2, "hvac_trip": 3}  # apply order
-_S_SCHED, _S_NOISE, _S_COUNTS, _S_EXCESS, _S_FAULTS, _S_ROOM, _S_INJ = range(1, 8)  # rng streams
+_S_SCHED, _S_NOISE, _S_EXCESS, _S_FAULTS, _S_ROOM, _S_INJ = range(1, 7)  # rng streams
 _CACHE_MAX = 50_000
 
 
@@ -66,26 +74,31 @@ class GradeProfile:
     idle_p: float  # probability that a working day has no operation at all
     spikes_per_h: float  # interventions while people are in the room
     trip: tuple[float, float]  # (0.5, 5.0) level an HVAC trip tends to, times U(1, 3)
-    shed50: tuple[float, float]  # 5.0 um level added by a shedding operator, per m3
+    shed: tuple[float, float]  # 5.0 um added by a shedding operator, multiples of the 5.0 um action limit
 
 
 def _limit(grade: str, state: str, size: int) -> float:
     return float(ANNEX1_PARTICLE_LIMITS[grade][state][size] or math.inf)
 
 
-PROFILES: dict[str, GradeProfile] = {
-    # A: unidirectional airflow; 5.0 um must be essentially zero (1 count = 35/m3 > 29).
-    "A": GradeProfile((10, 60), (0.0035, 0.0106), 0.5, 5, (420, 1140), True, (60, 180), (20, 60), 0.1,
-                      2.0, (_limit("B", "at_rest", 0), 30.0), (29 * 3.0, 29 * 6.0)),
-    "B": GradeProfile((300, 10_000), (0.0106, 60), 3.5, 20, (420, 1140), True, (120, 240), (30, 60), 0.1,
-                      3.0, (_limit("C", "at_rest", 0), _limit("C", "at_rest", 1)), (2930 * 1.5, 2930 * 4.0)),
-    "C": GradeProfile((5_000, 80_000), (25, 500), 4.0, 20, (360, 1320), False, (150, 300), (20, 45), 0.05,
-                      3.0, (_limit("D", "at_rest", 0), _limit("D", "at_rest", 1)), (29_300 * 0.3, 29_300 * 1.2)),
-    "D": GradeProfile((50_000, 300_000), (200, 2_000), 5.0, 20, (360, 1320), False, (180, 360), (15, 30), 0.02,
-                      4.0, (_limit("D", "at_rest", 0), _limit("D", "at_rest", 1)), (29_300 * 0.3, 29_300 * 1.0)),
+_AB, _CD = dict(window=(420, 1140), weekdays_only=True), dict(window=(360, 1320), weekdays_only=False)  # UTC
+PROFILES: dict[str, GradeProfile] = {  # in operation ~1-20 % of the Annex 1 limits, at rest lower
+    # A (unidirectional airflow): 5.0 um essentially zero, since a single count (35/m3) exceeds 29/m3
+    "A": GradeProfile(p05=(10, 60), p50=(0.0035, 0.0106), tau=0.5, cleanup=5, **_AB, session=(60, 180),
+                      pause=(20, 60), idle_p=0.1, spikes_per_h=2.0, trip=(_limit("B", "at_rest", 0), 30.0),
+                      shed=(3.0, 6.0)),
+    "B": GradeProfile(p05=(300, 10_000), p50=(0.0106, 60), tau=3.5, cleanup=20, **_AB, session=(120, 240),
+                      pause=(30, 60), idle_p=0.1, spikes_per_h=3.0,
+                      trip=(_limit("C", "at_rest", 0), _limit("C", "at_rest", 1)), shed=(1.5, 4.0)),
+    "C": GradeProfile(p05=(5_000, 80_000), p50=(25, 500), tau=4.0, cleanup=20, **_CD, session=(150, 300),
+                      pause=(20, 45), idle_p=0.05, spikes_per_h=3.0,
+                      trip=(_limit("D", "at_rest", 0), _limit("D", "at_rest", 1)), shed=(0.3, 1.2)),
+    "D": GradeProfile(p05=(50_000, 300_000), p50=(200, 2_000), tau=5.0, cleanup=20, **_CD, session=(180, 360),
+                      pause=(15, 30), idle_p=0.02, spikes_per_h=4.0,
+                      trip=(_limit("D", "at_rest", 0), _limit("D", "at_rest", 1)), shed=(0.3, 1.0)),
 }
 _SPIKE_MEDIAN, _SPIKE_SIGMA, _SPIKE_CAP = 1.5, 0.6, 8.0  # spike amplitude, multiples of the in-op level
-_PARAMS = {  # Injection.params keys accepted per kind
+_PARAMS = {  # Injection.params keys per kind (else drawn at random)
     "hvac_trip": {"target_factor", "rise_min"},
     "door_held_open": {"dp_fraction"},
     "hepa_leak": {"factor"},
@@ -111,10 +124,10 @@ def _minutes(ts: datetime) -> float:
     return (ts - EPOCH) / timedelta(minutes=1)
 
 
-def _ma(z: np.ndarray, w: int) -> np.ndarray:
-    """Moving average of w samples along rows, rescaled to unit variance; rows of DAY + w - 1 -> DAY."""
-    cs = np.cumsum(np.pad(z, ((0, 0), (1, 0))), axis=1)
-    return (cs[:, w:] - cs[:, :-w]) / math.sqrt(w)
+def _interp(knots: np.ndarray, step: int) -> np.ndarray:
+    """Rows of knots every step minutes (DAY // step + 1 per row) -> linear interpolation to every minute."""
+    j, f = _MIN // step, (_MIN % step) / step
+    return np.ascontiguousarray(knots[:, j] * (1 - f) + knots[:, j + 1] * f)  # a[:, idx] is F-ordered
 
 
 class CleanroomTwin:
@@ -137,7 +150,7 @@ class CleanroomTwin:
         self._const = [self._room_constants(i) for i in range(len(self.rooms))]
         max_h = max(f.max_h for f in ROOM_FAULTS.values())
         self._lookback = math.ceil((max_h * 60 + POST_MIN) / DAY)
-        self._sched_cache: dict[tuple[int, int], tuple[np.ndarray, np.ndarray, tuple]] = {}
+        self._sched_cache: dict[tuple[int, int], tuple[tuple[int, int, int], ...]] = {}
         self._event_cache: dict[tuple[int, int], tuple[_Event, ...]] = {}
         self._day_cache: dict[tuple[int, int], dict[str, np.ndarray]] = {}
         self._injected: list[list[_Event]] = [[] for _ in self.rooms]
@@ -152,8 +165,9 @@ class CleanroomTwin:
                 raise ValueError(f"injection {inj.kind!r}: unknown params {sorted(unknown)}; "
                                  f"known: {sorted(_PARAMS[inj.kind])}")
             i = self._index[inj.target]
-            rng = self._rng(_S_INJ, i, int(_minutes(inj.start) * 60) & 0xFFFFFFFFFFFF, _KINDS.index(inj.kind))
-            self._injected[i].append(self._event(i, inj.kind, inj.start, inj.start + timedelta(hours=inj.duration_h),
+            start = inj.start.astimezone(timezone.utc)
+            rng = self._rng(_S_INJ, i, int(_minutes(start) * 60) & 0xFFFFFFFFFFFF, _KINDS.index(inj.kind))
+            self._injected[i].append(self._event(i, inj.kind, start, start + timedelta(hours=inj.duration_h),
                                                  rng, dict(inj.params), True))
 
     # ------------------------------------------------------------------ public API
@@ -221,28 +235,25 @@ class CleanroomTwin:
             "rh_per": np.exp(rng.uniform(math.log(240), math.log(10 * DAY), 4)), "rh_ph": rng.uniform(0, 2 * math.pi, 4),
         }
 
-    def _schedule(self, i: int, d: int) -> tuple[np.ndarray, np.ndarray, tuple[tuple[int, int], ...]]:
-        """(OCC, people present, people windows) of a room-day; sessions inside the grade's window."""
+    def _schedule(self, i: int, d: int) -> tuple[tuple[int, int, int], ...]:
+        """Sessions (start, operators leave, end of OCC) of a room-day, in minutes of the day."""
         key = (i, d)
         if key in self._sched_cache:
             return self._sched_cache[key]
         p = self._prof[i]
-        rng = self._rng(_S_SCHED, i, d)
-        occ, people = np.zeros(DAY, bool), np.zeros(DAY, bool)
-        windows = []
-        idle = rng.random() < p.idle_p or (p.weekdays_only and (d + 3) % 7 >= 5)  # 1970-01-01 was a Thursday
-        t, stop = p.window[0] + rng.uniform(0, 45), p.window[1] - rng.uniform(0, 30)
-        while not idle and t + p.cleanup + 20 <= stop:
-            e = min(t + rng.uniform(*p.session), stop)
+        u = iter(self._rng(_S_SCHED, i, d).random(64))
+        out: list[tuple[int, int, int]] = []
+        idle = next(u) < p.idle_p or (p.weekdays_only and (d + 3) % 7 >= 5)  # 1970-01-01 was a Thursday
+        t, stop = p.window[0] + 45 * next(u), p.window[1] - 30 * next(u)
+        while not idle and t + p.cleanup + 20 <= stop and len(out) < 20:
+            e = min(t + p.session[0] + (p.session[1] - p.session[0]) * next(u), stop)
             a, b = round(t), round(e)
-            occ[a:b] = True
-            people[a:b - p.cleanup] = True
-            windows.append((a, b - p.cleanup))
-            t = e + rng.uniform(*p.pause)
+            out.append((a, b - p.cleanup, b))
+            t = e + p.pause[0] + (p.pause[1] - p.pause[0]) * next(u)
         if len(self._sched_cache) > _CACHE_MAX:
             self._sched_cache.clear()
-        self._sched_cache[key] = out = (occ, people, tuple(windows))
-        return out
+        self._sched_cache[key] = res = tuple(out)
+        return res
 
     # ------------------------------------------------------------------ fault events
     def _event(self, i: int, kind: str, start: datetime, end: datetime, rng: np.random.Generator,
@@ -263,8 +274,8 @@ class CleanroomTwin:
             p["k50"] = 1 + (p["k"] - 1) * 0.1
             detail = f"0.5 um x{p['k']:.1f}, 5.0 um x{p['k50']:.2f}"
         else:  # personnel_shedding
-            lo, hi = prof.shed50
-            lvl = over["level"] * (lo + hi) / 2 if "level" in over else rng.uniform(lo, hi)
+            state = "in_operation" if ANNEX1_PARTICLE_LIMITS[room.grade]["in_operation"][1] else "at_rest"
+            lvl = over.get("level", rng.uniform(*prof.shed)) * _limit(room.grade, state, 1)
             p = {"l50": lvl, "l05": lvl * rng.uniform(3, 8)}
             detail = f"5.0 um +{lvl:.3g}/m3, 0.5 um +{p['l05']:.3g}/m3 while in operation"
         return _Event(kind, start, end, _minutes(start), _minutes(end), p, injected,
@@ -284,7 +295,7 @@ class CleanroomTwin:
                 dur_s = rng.uniform(fk.min_h, fk.max_h) * 3600
                 start_s, end_s = d * 86400 + int(rng.integers(0, 86400)), None
                 if kind == "personnel_shedding":  # starts >= min_h before the operators leave
-                    windows = [(a, b) for a, b in self._schedule(i, d)[2] if b - a > fk.min_h * 60]
+                    windows = [(a, b) for a, b, _ in self._schedule(i, d) if b - a > fk.min_h * 60]
                     lens = np.array([b - a - math.ceil(fk.min_h * 60) for a, b in windows], dtype=np.int64)
                     if not windows:
                         continue
@@ -310,68 +321,82 @@ class CleanroomTwin:
 
     # ------------------------------------------------------------------ telemetry
     def _room_days(self, i: int, d0: int, d1: int) -> dict[str, np.ndarray]:
+        """All tags of room i for UTC days d0..d1 as (days, 1440) arrays; row k depends only on day d0 + k."""
         if d0 == d1 and (i, d0) in self._day_cache:
             return self._day_cache[(i, d0)]
         room, p, c = self.rooms[i], self._prof[i], self._const[i]
         days = np.arange(d0, d1 + 1)
         nd, n = len(days), len(days) * DAY
-        t = (days[:, None] * DAY + _MIN[None, :]).astype(np.float64)
-        occ, act = np.zeros((nd, DAY)), np.zeros((nd, DAY))
-        z = {k: np.empty((nd, DAY + w - 1)) for k, w in (("dust_s", 60), ("dust_w", 1), ("dp_s", 20),
-                                                         ("dp_w", 1), ("t_w", 1), ("rh_w", 1))}
-        q = math.exp(-1 / p.tau)
-        kern = (1 - q) * q ** np.arange(math.ceil(8 * p.tau) + 1)
-        sp_idx: list[np.ndarray] = []
-        sp_w: list[np.ndarray] = []
-        drop = np.zeros((nd, DAY), bool)
+        # schedule -> OCC, operators present, and the first-order response of the air to them
+        rise, fall = np.full((nd, DAY), -1), np.full((nd, DAY), -1)
+        wlen = np.zeros((nd, DAY))
+        occ_mark = np.zeros(n + 1, np.int64)
         for k, d in enumerate(days):
-            o, people, windows = self._schedule(i, int(d))
-            occ[k] = o
-            for a, b in windows:  # closed-form first-order response to the operators' presence
-                tt = _MIN[a:min(b + len(kern), DAY)]
-                act[k, a:a + len(tt)] += np.where(tt < b, 1 - q ** (tt - a + 1), q ** (tt - b + 1) * (1 - q ** (b - a)))
+            for a, bp, bo in self._schedule(i, int(d)):
+                rise[k, a], fall[k, bp], wlen[k, bp] = a, bp, bp - a
+                occ_mark[k * DAY + a] += 1
+                occ_mark[k * DAY + bo] -= 1
+        occ = (np.cumsum(occ_mark[:n]) > 0).reshape(nd, DAY).astype(np.float64)
+        la, lb = np.maximum.accumulate(rise, axis=1), np.maximum.accumulate(fall, axis=1)
+        people = la > lb
+        lw = np.take_along_axis(wlen, np.maximum(lb, 0), axis=1)
+        act = np.where(people, 1 - np.exp(-(_MIN - la + 1) / p.tau),
+                       np.where(lb >= 0, np.exp(-(_MIN - lb + 1) / p.tau) * (1 - np.exp(-lw / p.tau)), 0.0))
+        # per-day random draws: white noise, slow-noise knots, interventions, T/RH dropouts
+        nz = 4 * DAY + 49 + 145
+        z = np.empty((nd, nz))
+        drop = np.zeros((nd, DAY), bool)
+        spikes: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+        gens = []
+        rate = p.spikes_per_h / 60
+        for k, d in enumerate(days):
             rng = self._rng(_S_NOISE, i, int(d))
-            for key, arr in z.items():
-                arr[k] = rng.standard_normal(arr.shape[1])
-            where = np.flatnonzero(people)
-            ns = int(rng.poisson(p.spikes_per_h / 60 * len(where)))
-            pos = where[rng.integers(0, max(len(where), 1), ns)] if len(where) else np.zeros(0, np.int64)
-            plateau = rng.integers(1, 4, ns)
-            amp = np.minimum(rng.lognormal(math.log(_SPIKE_MEDIAN), _SPIKE_SIGMA, ns), _SPIKE_CAP)
-            for lag in range(3):  # spike = plateau of 1-3 minutes of source, decaying with the clean-up tau
-                m = plateau > lag
-                idx = pos[m, None] + lag + np.arange(len(kern))[None, :]
-                ok = idx < DAY
-                sp_idx.append((idx + k * DAY)[ok])
-                sp_w.append((amp[m, None] * kern[None, :])[ok])
+            gens.append(rng)
+            z[k] = rng.standard_normal(nz)
+            pos = np.flatnonzero((rng.random(DAY) < rate) & people[k])
+            spikes.append((pos + k * DAY, rng.integers(1, 4, len(pos)),
+                           np.minimum(rng.lognormal(math.log(_SPIKE_MEDIAN), _SPIKE_SIGMA, len(pos)), _SPIKE_CAP)))
             nr = int(rng.poisson(TRH_DROPOUTS_PER_DAY))
             for s, ln in zip(rng.integers(0, DAY, nr), rng.integers(1, 4, nr)):
                 drop[k, s:s + ln] = True
-        spk = np.bincount(np.concatenate(sp_idx), np.concatenate(sp_w), minlength=n).reshape(nd, DAY) if sp_idx \
-            else np.zeros((nd, DAY))
+        q = math.exp(-1 / p.tau)
+        kern = (1 - q) * q ** np.arange(math.ceil(8 * p.tau) + 1)
+        pos, plateau, amp = (np.concatenate(x) for x in zip(*spikes))
+        idx_l, w_l = [], []
+        for lag in range(3):  # a spike is a 1-3 minute source decaying with the clean-up tau
+            m = plateau > lag
+            loc = (pos[m] % DAY + lag)[:, None] + np.arange(len(kern))[None, :]
+            ok = loc < DAY
+            idx_l.append((loc + (pos[m] - pos[m] % DAY)[:, None])[ok])
+            w_l.append((amp[m, None] * kern[None, :])[ok])
+        spk = np.bincount(np.concatenate(idx_l), np.concatenate(w_l), minlength=n).reshape(nd, DAY)
+        white = z[:, :4 * DAY].reshape(nd, 4, DAY)
         s_d, s_t = 0.15, 0.2
-        dust = np.exp(s_d * _ma(z["dust_s"], 60) + s_t * z["dust_w"] - 0.5 * (s_d ** 2 + s_t ** 2))
+        dust = np.exp(s_d * _interp(z[:, 4 * DAY:4 * DAY + 49], 30) + s_t * white[:, 0] - 0.5 * (s_d ** 2 + s_t ** 2))
         lam05 = (p.p05[0] + (p.p05[1] - p.p05[0]) * act + p.p05[1] * spk) * dust * SAMPLE_M3
         lam50 = (p.p50[0] + (p.p50[1] - p.p50[0]) * act + p.p50[1] * spk) * dust * SAMPLE_M3
         sp = room.dp_setpoint_pa
         dp_level = np.full((nd, DAY), sp + c["dp_off"])
-        dp_noise = 0.3 * _ma(z["dp_s"], 20) + 0.2 * z["dp_w"]
-        daily = np.sin(2 * np.pi * (t / DAY - 0.375 + c["day_phase"]))  # warmest ~15:00 UTC
-        slow_t = sum(np.sin(2 * np.pi * t / per + ph) for per, ph in zip(c["t_per"], c["t_ph"])) * math.sqrt(2 / 3)
-        slow_rh = sum(np.sin(2 * np.pi * t / per + ph) for per, ph in zip(c["rh_per"], c["rh_ph"])) * math.sqrt(2 / 4)
-        temp = 20 + c["t_off"] + c["t_amp"] * daily + 0.15 * slow_t + 0.2 * act + 0.03 * z["t_w"]
-        rh = 45 + c["rh_off"] + 2.5 * slow_rh - 1.0 * daily + 0.25 * z["rh_w"]
+        dp_noise = 0.3 * _interp(z[:, 4 * DAY + 49:], 10) + 0.2 * white[:, 1]
+        daily = np.sin(2 * np.pi * (_MIN / DAY - 0.375 + c["day_phase"]))  # warmest ~15:00 UTC
+        tk = (days[:, None] * DAY + np.arange(0, DAY + 1, 10)[None, :]).astype(np.float64)
+        slow_t = _interp(sum(np.sin(2 * np.pi * tk / per + ph) for per, ph in zip(c["t_per"], c["t_ph"])), 10)
+        slow_rh = _interp(sum(np.sin(2 * np.pi * tk / per + ph) for per, ph in zip(c["rh_per"], c["rh_ph"])), 10)
+        temp = 20 + c["t_off"] + c["t_amp"] * daily + 0.15 * math.sqrt(2 / 3) * slow_t + 0.2 * act + 0.03 * white[:, 2]
+        rh = 45 + c["rh_off"] + 2.5 * math.sqrt(2 / 4) * slow_rh - 1.0 * daily + 0.25 * white[:, 3]
+        # faults, then the particle counts: baseline from the day stream, fault excess from its own
         ex05, ex50 = np.zeros((nd, DAY)), np.zeros((nd, DAY))
         trip = np.zeros((nd, DAY), bool)
-        self._apply(i, t.reshape(-1), d0 * DAY, lam05.reshape(-1), lam50.reshape(-1), ex05.reshape(-1),
-                    ex50.reshape(-1), dp_level.reshape(-1), temp.reshape(-1), rh.reshape(-1), occ.reshape(-1),
-                    trip.reshape(-1))
+        t = (days[:, None] * DAY + _MIN[None, :]).astype(np.float64)
+        arrays = [np.ascontiguousarray(x) for x in (t, lam05, lam50, ex05, ex50, dp_level, temp, rh, occ, trip)]
+        t, lam05, lam50, ex05, ex50, dp_level, temp, rh, occ, trip = arrays
+        self._apply(i, d0 * DAY, *(x.reshape(-1) for x in arrays))  # flat views, modified in place
         c05, c50 = np.empty((nd, DAY)), np.empty((nd, DAY))
+        extra = (ex05 > 0).any(axis=1) | (ex50 > 0).any(axis=1)
         for k, d in enumerate(days):
-            rng = self._rng(_S_COUNTS, i, int(d))
-            c50[k] = rng.poisson(lam50[k])
-            c05[k] = rng.poisson(lam05[k])
-            if ex05[k].any() or ex50[k].any():  # counts a fault adds: an independent stream
+            c50[k] = gens[k].poisson(lam50[k])
+            c05[k] = gens[k].poisson(lam05[k])
+            if extra[k]:
                 rx = self._rng(_S_EXCESS, i, int(d))
                 c50[k] += rx.poisson(ex50[k])
                 c05[k] += rx.poisson(ex05[k])
@@ -392,7 +417,7 @@ class CleanroomTwin:
             self._day_cache[(i, d0)] = out
         return out
 
-    def _apply(self, i: int, t: np.ndarray, base: int, lam05: np.ndarray, lam50: np.ndarray, ex05: np.ndarray,
+    def _apply(self, i: int, base: int, t: np.ndarray, lam05: np.ndarray, lam50: np.ndarray, ex05: np.ndarray,
                ex50: np.ndarray, dp: np.ndarray, temp: np.ndarray, rh: np.ndarray, occ: np.ndarray,
                trip: np.ndarray) -> None:
         """Add the effects of the events overlapping these minutes (flat views, modified in place)."""
@@ -409,26 +434,26 @@ class CleanroomTwin:
             if ev.kind == "door_held_open":
                 dp[sl] *= p["frac"]
             elif ev.kind == "hepa_leak":
-                r = np.where(on, 1 - np.exp(-(tt - s) / 30), (1 - math.exp(-(e - s) / 30)) * np.exp(-(tt - e) / tau))
+                r = np.where(on, 1 - np.exp(-(tt - s) / 30), (1 - math.exp(-(e - s) / 30)) * np.exp(-np.maximum(tt - e, 0) / tau))
                 ex05[sl] += (p["k"] - 1) * lam05[sl] * r
                 ex50[sl] += (p["k50"] - 1) * lam50[sl] * r
             elif ev.kind == "personnel_shedding":
-                r = np.where(on, 1 - np.exp(-(tt - s + 1)), (1 - math.exp(-(e - s + 1))) * np.exp(-(tt - e) / tau))
+                r = np.where(on, 1 - np.exp(-(tt - s + 1)), (1 - math.exp(-(e - s + 1))) * np.exp(-np.maximum(tt - e, 0) / tau))
                 ex05[sl] += p["l05"] * SAMPLE_M3 * r
                 ex50[sl] += p["l50"] * SAMPLE_M3 * r
                 if ev.injected:  # an operator is in the room: it is in operation
                     occ[sl][on] = 1.0
             else:  # hvac_trip
                 g_end = math.exp(-(e - s) / p["tau_dn"])
-                g = np.where(on, np.exp(-(tt - s) / p["tau_dn"]), 1 - (1 - g_end) * np.exp(-(tt - e) / p["tau_up"]))
+                g = np.where(on, np.exp(-(tt - s) / p["tau_dn"]), 1 - (1 - g_end) * np.exp(-np.maximum(tt - e, 0) / p["tau_up"]))
                 dp[sl] = dp[sl] * g + p["resid"] * (1 - g)
                 w_end = 1 - math.exp(-max(e - s - 1, 0) / p["tau_rise"])
                 w = np.where(on, 1 - np.exp(-np.maximum(tt - s - 1, 0) / p["tau_rise"]),
-                             w_end * np.exp(-(tt - e) / p["tau_rec"]))
+                             w_end * np.exp(-np.maximum(tt - e, 0) / p["tau_rec"]))
                 ex05[sl] += np.maximum(p["t05"] * SAMPLE_M3 - lam05[sl] - ex05[sl], 0) * w
                 ex50[sl] += np.maximum(p["t50"] * SAMPLE_M3 - lam50[sl] - ex50[sl], 0) * w
                 h_end = 1 - math.exp(-(e - s) / 60)
-                h = np.where(on, 1 - np.exp(-(tt - s) / 60), h_end * np.exp(-(tt - e) / 30))
+                h = np.where(on, 1 - np.exp(-(tt - s) / 60), h_end * np.exp(-np.maximum(tt - e, 0) / 30))
                 temp[sl] += p["dT"] * h
                 rh[sl] += p["dRH"] * h
                 trip[sl] |= on
