@@ -72,7 +72,10 @@ class Historian:
     # ---- writing -------------------------------------------------------------------------
 
     def append(self, data: SampleData) -> int:
-        """Store samples durably; returning is the acknowledgement. Returns rows written."""
+        """Store samples durably; returning is the acknowledgement. Returns rows written.
+
+        Each UTC day is committed on its own: if this raises, some days may already be stored.
+        """
         df = to_frame(data)
         if df.height == 0:
             return 0
@@ -82,18 +85,23 @@ class Historian:
         else:
             split = df.with_columns(_d=days).partition_by("_d", as_dict=True, include_key=False)
             parts = {k[0]: v for k, v in split.items()}
+        staged: list[tuple[Path, Path]] = []
         with ExitStack() as stack:  # hold every partition's write lock so no sweep takes our tmp files
-            staged = []
-            for day, part in sorted(parts.items()):
-                pdir = self._partition_dir(day)
-                stack.enter_context(_flock(pdir / _WRITE_LOCK, fcntl.LOCK_SH))
-                staged.append((pdir, _write_tmp(pdir, part.sort("tag", "ts"))))
-            for pdir, tmp in staged:
-                with _flock(pdir / _COMMIT_LOCK, fcntl.LOCK_EX):
-                    segs, comps, _ = _listing(pdir)
-                    seq = max([0, *segs, *comps]) + 1  # above compacted maxseq too, or readers skip it
-                    os.rename(tmp, pdir / f"s-{seq:020d}.parquet")
-                    _fsync_dir(pdir)
+            try:
+                for day, part in sorted(parts.items()):
+                    pdir = self._partition_dir(day)
+                    stack.enter_context(_flock(pdir / _WRITE_LOCK, fcntl.LOCK_SH))
+                    staged.append((pdir, _write_tmp(pdir, part.sort("tag", "ts"))))
+                for pdir, tmp in staged:
+                    with _flock(pdir / _COMMIT_LOCK, fcntl.LOCK_EX):
+                        segs, comps, _ = _listing(pdir)
+                        seq = max([0, *segs, *comps]) + 1  # above compacted maxseq too, or readers skip it
+                        os.rename(tmp, pdir / f"s-{seq:020d}.parquet")
+                        _fsync_dir(pdir)
+            except BaseException:
+                for _, tmp in staged:
+                    tmp.unlink(missing_ok=True)  # committed ones were renamed away already
+                raise
         return df.height
 
     def writer(self, max_rows: int = 100_000, max_age_s: float = 5.0) -> BatchWriter:

@@ -11,6 +11,7 @@ from plant.sim import kinetics as k
 from plant.sim.plan import MEDIA, BatchPlan
 
 DT_H = 1.0 / 60.0
+PHYS_MIN = 5  # minutes per kinetics step; sensors read every minute, interpolated between steps
 MEAS_TAGS = ("TEMP", "PH", "DO", "AGIT", "CO2", "WEIGHT", "PERF", "BASE")
 SETPOINT_TAGS = ("TEMP_SP", "PH_SP", "DO_SP", "AGIT_SP", "PERF_SP")
 OFFLINE = (  # analyte, unit, relative or absolute noise
@@ -48,7 +49,7 @@ def _faults_by_kind(plans: list[BatchPlan]) -> dict[str, tuple[np.ndarray, np.nd
 
 
 class Bank:
-    """A lockstep group of batches; `advance()` moves all of them one minute of culture time."""
+    """A lockstep group of batches; `advance()` moves all of them PHYS_MIN minutes of culture time."""
 
     def __init__(self, plans: list[BatchPlan], overrides: dict[str, object] | None = None) -> None:
         self.plans = plans
@@ -64,6 +65,8 @@ class Bank:
             g_in=media[:, 0], q_in=media[:, 1], hco3_in=media[:, 2], ph_control=~static, do_control=~static,
             perfusion=~static, hco3_share=np.where(static, 1.0, 0.45),
         )
+        # Poor starting material also dies faster: viability drifts below 80 % in the worst donors (E).
+        self.p.kd0 = 0.0015 * (1 + 4 * np.maximum(0.0, 0.6 - self.p.donor) / 0.3)
         for name, value in (overrides or {}).items():  # tests and what-if runs, e.g. {"do_control": False}
             setattr(self.p, name, np.broadcast_to(np.asarray(value), (n,)).copy())
         seed = np.array([p.seed_density for p in plans])
@@ -153,31 +156,36 @@ class Bank:
             bact_mu=bact_mu, myco=np.where(self._active("mycoplasma", t), self._param("mycoplasma", "penalty", 0.0), 0.0),
         )
 
-    def _measure(self, t: np.ndarray, noise: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Sensor readings (n, len(MEAS_TAGS)) and a BAD mask; noise is standard normal of the same shape."""
+    def _truth(self) -> np.ndarray:
+        """The true values behind MEAS_TAGS now, (n, tags)."""
         s = self.s
-        ph_sd = 0.01 + 0.02 * t / 288.0  # glass electrodes get noisier toward the end of a batch
-        m = np.empty((self.n, len(MEAS_TAGS)))
-        m[:, 0] = s.temp + NOISE_SD[0] * noise[:, 0]
-        m[:, 1] = s.ph + self.ph_offset + ph_sd * noise[:, 1]
-        do = s.do_pct + NOISE_SD[2] * noise[:, 2]
+        agit = np.where(self._active("agitation_stop", s.t), 0.0, self.sp["AGIT_SP"])
+        return np.stack([s.temp, s.ph, s.do_pct, agit, s.co2_gas, s.vol * 1.007, s.perf_vvd * s.vol, s.base_ml],
+                        axis=1)
+
+    def _measure(self, before: np.ndarray, after: np.ndarray, noise: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Per-minute readings (PHYS_MIN, n, tags) between two physics steps, and the BAD mask."""
+        frac = (np.arange(1, PHYS_MIN + 1) / PHYS_MIN)[:, None, None]
+        truth = before[None] + (after[None] - before[None]) * frac
+        t = self.s.t
+        minutes_t = t[None, :] - (PHYS_MIN - np.arange(1, PHYS_MIN + 1))[:, None] * DT_H
+        m = truth + NOISE_SD * noise
+        m[:, :, 1] = truth[:, :, 1] + self.ph_offset + (0.01 + 0.02 * minutes_t / 288.0) * noise[:, :, 1]
         failing = self._active("do_probe_failure", t)
         mode = self._param("do_probe_failure", "mode", -1.0)
         self.do_stuck = np.where(failing & np.isnan(self.do_stuck), self.last_do, self.do_stuck)
         self.do_stuck = np.where(failing, self.do_stuck, np.nan)
+        do = m[:, :, 2]
         do = np.where(failing & (mode == 0), self.do_stuck, do)
-        do = np.where(failing & (mode == 2), do + 8.0 * noise[:, 7], do)
+        do = np.where(failing & (mode == 2), do + 8.0 * noise[:, :, 7], do)
         do = np.where(failing & (mode == 3), do - 25.0, do)
-        bad = np.zeros((self.n, len(MEAS_TAGS)), dtype=bool)
-        bad[:, 2] = failing & (mode == 1)
-        m[:, 2] = np.where(bad[:, 2], np.nan, np.clip(do, 0.0, 200.0))
-        self.last_do = np.where(bad[:, 2], self.last_do, m[:, 2])
-        agit = np.where(self._active("agitation_stop", t), 0.0, self.sp["AGIT_SP"])
-        m[:, 3] = np.maximum(agit + NOISE_SD[3] * noise[:, 3], 0.0)
-        m[:, 4] = np.maximum(s.co2_gas + NOISE_SD[4] * noise[:, 4], 0.0)
-        m[:, 5] = s.vol * 1.007 + NOISE_SD[5] * noise[:, 5]
-        m[:, 6] = np.maximum(s.perf_vvd * s.vol + NOISE_SD[6] * noise[:, 6], 0.0)
-        m[:, 7] = s.base_ml
+        bad = np.zeros(m.shape, dtype=bool)
+        bad[:, :, 2] = failing & (mode == 1)
+        m[:, :, 2] = np.where(bad[:, :, 2], np.nan, np.clip(do, 0.0, 200.0))
+        self.last_do = np.where(bad[-1, :, 2], self.last_do, m[-1, :, 2])
+        np.maximum(m[:, :, 3:5], 0.0, out=m[:, :, 3:5])
+        np.maximum(m[:, :, 6], 0.0, out=m[:, :, 6])
+        m[:, :, 7] = truth[:, :, 7]
         return m, bad
 
     def _assay(self) -> None:
@@ -202,15 +210,15 @@ class Bank:
         self.perf_sched = np.where(self.minute < self.n_steps, k.janas_vvd(np.nan_to_num(vcd_meas)), self.perf_sched)
 
     def advance(self, noise: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Move every batch one minute; return the sensor readings at the new time and BAD mask."""
+        """Move every batch PHYS_MIN minutes; return the readings of each minute (PHYS_MIN, n, tags) and BAD mask."""
         self._apply_setpoints()
-        t = self.s.t
         if self.minute % 1440 == SAMPLE_OFFSET_MIN:
             self._assay()
-        controls = self._controls(t, self.last_do_for_control())
-        k.step(self.s, self.p, controls, DT_H)
-        self.minute += 1
-        return self._measure(self.s.t, noise)
+        before = self._truth()
+        controls = self._controls(self.s.t, self.last_do_for_control())
+        k.step(self.s, self.p, controls, PHYS_MIN * DT_H)
+        self.minute += PHYS_MIN
+        return self._measure(before, self._truth(), noise)
 
     def last_do_for_control(self) -> np.ndarray:
         failing = self._active("do_probe_failure", self.s.t)

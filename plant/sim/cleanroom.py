@@ -126,8 +126,8 @@ def _minutes(ts: datetime) -> float:
 
 def _interp(knots: np.ndarray, step: int) -> np.ndarray:
     """Rows of knots every step minutes (DAY // step + 1 per row) -> linear interpolation to every minute."""
-    j, f = _MIN // step, (_MIN % step) / step
-    return np.ascontiguousarray(knots[:, j] * (1 - f) + knots[:, j + 1] * f)  # a[:, idx] is F-ordered
+    f = (_MIN % step) / step
+    return np.repeat(knots[:, :-1], step, axis=1) * (1 - f) + np.repeat(knots[:, 1:], step, axis=1) * f
 
 
 class CleanroomTwin:
@@ -209,7 +209,7 @@ class CleanroomTwin:
         tags = list(values)
         df = pl.DataFrame({
             "ts": pl.Series(np.tile(ts, len(tags))).dt.replace_time_zone("UTC"),
-            "tag": pl.Series(np.repeat(np.array(tags), len(ts)), dtype=pl.String),
+            "tag": pl.Series(tags, dtype=pl.String).gather(np.repeat(np.arange(len(tags), dtype=np.uint32), len(ts))),
             "value": pl.Series(np.concatenate([values[t] for t in tags]) if tags else [], dtype=pl.Float64,
                                nan_to_null=True),
         })
@@ -231,8 +231,11 @@ class CleanroomTwin:
         return {
             "dp_off": rng.uniform(-0.4, 0.4), "t_off": rng.uniform(-0.4, 0.4), "rh_off": rng.uniform(-3, 3),
             "t_amp": rng.uniform(0.1, 0.3), "day_phase": rng.uniform(-0.05, 0.05),
-            "t_per": np.exp(rng.uniform(math.log(DAY), math.log(10 * DAY), 3)), "t_ph": rng.uniform(0, 2 * math.pi, 3),
-            "rh_per": np.exp(rng.uniform(math.log(240), math.log(10 * DAY), 4)), "rh_ph": rng.uniform(0, 2 * math.pi, 4),
+            # slow drifts: sums of sines with periods 1-10 days (T) and 4 h-10 days (RH)
+            "t_per": np.exp(rng.uniform(math.log(DAY), math.log(10 * DAY), 3)),
+            "t_ph": rng.uniform(0, 2 * math.pi, 3),
+            "rh_per": np.exp(rng.uniform(math.log(240), math.log(10 * DAY), 4)),
+            "rh_ph": rng.uniform(0, 2 * math.pi, 4),
         }
 
     def _schedule(self, i: int, d: int) -> tuple[tuple[int, int, int], ...]:
@@ -262,7 +265,8 @@ class CleanroomTwin:
         sp = room.dp_setpoint_pa
         if kind == "hvac_trip":
             f = over.get("target_factor", rng.uniform(1, 3))
-            p = {"t05": prof.trip[0] * f, "t50": prof.trip[1] * f, "tau_rise": over.get("rise_min", rng.uniform(10, 30)) / 3,
+            p = {"t05": prof.trip[0] * f, "t50": prof.trip[1] * f,
+                 "tau_rise": over.get("rise_min", rng.uniform(10, 30)) / 3,
                  "tau_dn": rng.uniform(0.5, 2), "resid": rng.uniform(-1.5, 1.5), "tau_up": rng.uniform(1, 3),
                  "tau_rec": rng.uniform(15, 20) / 4.6, "dT": rng.uniform(0.5, 2.0), "dRH": rng.uniform(2, 8)}
             detail = f"DP {sp:g} -> ~0 Pa, PSTAT 7; 0.5 um toward {p['t05']:.3g}/m3, 5.0 um toward {p['t50']:.3g}/m3"
@@ -329,19 +333,18 @@ class CleanroomTwin:
         nd, n = len(days), len(days) * DAY
         # schedule -> OCC, operators present, and the first-order response of the air to them
         rise, fall = np.full((nd, DAY), -1), np.full((nd, DAY), -1)
-        wlen = np.zeros((nd, DAY))
+        wfac = np.zeros((nd, DAY))  # at the minute the operators leave: 1 - exp(-window / tau)
         occ_mark = np.zeros(n + 1, np.int64)
         for k, d in enumerate(days):
             for a, bp, bo in self._schedule(i, int(d)):
-                rise[k, a], fall[k, bp], wlen[k, bp] = a, bp, bp - a
+                rise[k, a], fall[k, bp], wfac[k, bp] = a, bp, 1 - math.exp(-(bp - a) / p.tau)
                 occ_mark[k * DAY + a] += 1
                 occ_mark[k * DAY + bo] -= 1
         occ = (np.cumsum(occ_mark[:n]) > 0).reshape(nd, DAY).astype(np.float64)
         la, lb = np.maximum.accumulate(rise, axis=1), np.maximum.accumulate(fall, axis=1)
         people = la > lb
-        lw = np.take_along_axis(wlen, np.maximum(lb, 0), axis=1)
-        act = np.where(people, 1 - np.exp(-(_MIN - la + 1) / p.tau),
-                       np.where(lb >= 0, np.exp(-(_MIN - lb + 1) / p.tau) * (1 - np.exp(-lw / p.tau)), 0.0))
+        decay = np.exp(-(_MIN + 1 - np.where(people, la, lb)) / p.tau)
+        act = np.where(people, 1 - decay, decay * np.take_along_axis(wfac, np.maximum(lb, 0), axis=1))
         # per-day random draws: white noise, slow-noise knots, interventions, T/RH dropouts
         nz = 4 * DAY + 49 + 145
         z = np.empty((nd, nz))
@@ -434,18 +437,21 @@ class CleanroomTwin:
             if ev.kind == "door_held_open":
                 dp[sl] *= p["frac"]
             elif ev.kind == "hepa_leak":
-                r = np.where(on, 1 - np.exp(-(tt - s) / 30), (1 - math.exp(-(e - s) / 30)) * np.exp(-np.maximum(tt - e, 0) / tau))
+                after = np.exp(-np.maximum(tt - e, 0) / tau)  # repaired: cleaned up with the air changes
+                r = np.where(on, 1 - np.exp(-(tt - s) / 30), (1 - math.exp(-(e - s) / 30)) * after)
                 ex05[sl] += (p["k"] - 1) * lam05[sl] * r
                 ex50[sl] += (p["k50"] - 1) * lam50[sl] * r
             elif ev.kind == "personnel_shedding":
-                r = np.where(on, 1 - np.exp(-(tt - s + 1)), (1 - math.exp(-(e - s + 1))) * np.exp(-np.maximum(tt - e, 0) / tau))
+                after = np.exp(-np.maximum(tt - e, 0) / tau)
+                r = np.where(on, 1 - np.exp(-(tt - s + 1)), (1 - math.exp(-(e - s + 1))) * after)
                 ex05[sl] += p["l05"] * SAMPLE_M3 * r
                 ex50[sl] += p["l50"] * SAMPLE_M3 * r
                 if ev.injected:  # an operator is in the room: it is in operation
                     occ[sl][on] = 1.0
             else:  # hvac_trip
                 g_end = math.exp(-(e - s) / p["tau_dn"])
-                g = np.where(on, np.exp(-(tt - s) / p["tau_dn"]), 1 - (1 - g_end) * np.exp(-np.maximum(tt - e, 0) / p["tau_up"]))
+                up = 1 - (1 - g_end) * np.exp(-np.maximum(tt - e, 0) / p["tau_up"])  # fans restart
+                g = np.where(on, np.exp(-(tt - s) / p["tau_dn"]), up)
                 dp[sl] = dp[sl] * g + p["resid"] * (1 - g)
                 w_end = 1 - math.exp(-max(e - s - 1, 0) / p["tau_rise"])
                 w = np.where(on, 1 - np.exp(-np.maximum(tt - s - 1, 0) / p["tau_rise"]),

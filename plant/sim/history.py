@@ -17,7 +17,7 @@ from plant.records import (
     BatchRecord, DonorCovariate, FaultLabel, OfflineResult, Records, ReleaseResult, SetpointChange,
 )
 from plant.samples import QUALITY_DTYPE, SAMPLE_SCHEMA, TS_DTYPE
-from plant.sim.bank import MEAS_TAGS, Bank
+from plant.sim.bank import MEAS_TAGS, PHYS_MIN, Bank
 from plant.sim.cleanroom import CleanroomTwin
 from plant.sim.faults import ALL_FAULTS, UNIT_FAULTS, Injection
 from plant.sim.plan import LOW_CAR, POOR_DONOR, BatchPlan, injections_for, plan_batch, recipe_for
@@ -109,7 +109,7 @@ def _telemetry(plans: list[BatchPlan], unit_tags: dict[str, set[str]], meas: np.
                               ).select(list(SAMPLE_SCHEMA))
 
 
-def run_bank(plans: list[BatchPlan], on_minute: Callable[[Bank, np.ndarray, np.ndarray], None] | None = None,
+def run_bank(plans: list[BatchPlan], on_step: Callable[[Bank, np.ndarray, np.ndarray], None] | None = None,
              overrides: dict[str, object] | None = None) -> tuple[Bank, np.ndarray, np.ndarray, dict[int, dict]]:
     """Simulate plans in lockstep; return the bank, readings (steps, n, tags), BAD mask and harvest snapshots."""
     bank = Bank(plans, overrides)
@@ -120,10 +120,11 @@ def run_bank(plans: list[BatchPlan], on_minute: Callable[[Bank, np.ndarray, np.n
     ends = {int(m) for m in bank.n_steps}
     for block in range(0, steps, 1440):
         noise = bank.draw_noise(min(1440, steps - block))
-        for i in range(noise.shape[0]):
-            meas[block + i], bad[block + i] = bank.advance(noise[i])
-            if on_minute is not None:
-                on_minute(bank, meas[block + i], bad[block + i])
+        for i in range(0, noise.shape[0], PHYS_MIN):
+            m = block + i
+            meas[m:m + PHYS_MIN], bad[m:m + PHYS_MIN] = bank.advance(noise[i:i + PHYS_MIN])
+            if on_step is not None:
+                on_step(bank, meas[m:m + PHYS_MIN], bad[m:m + PHYS_MIN])
             if bank.minute in ends:
                 s = bank.s
                 for b in np.flatnonzero(bank.n_steps == bank.minute):

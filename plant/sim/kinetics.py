@@ -84,7 +84,7 @@ class Params:
     ki_l: float = 40.0
     ki_a: float = 5.0
     k_do: float = 2.0
-    kd0: float = 0.0015
+    kd0: float | np.ndarray = 0.0015
     kd_g: float = 0.02
     kd_l: float = 0.01
     kd_a: float = 0.01

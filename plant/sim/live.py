@@ -11,7 +11,7 @@ import numpy as np
 import polars as pl
 
 from plant.samples import QUALITY_DTYPE, SAMPLE_SCHEMA, TS_DTYPE
-from plant.sim.bank import MEAS_TAGS, Bank
+from plant.sim.bank import MEAS_TAGS, PHYS_MIN, Bank
 from plant.sim.cleanroom import CleanroomTwin
 from plant.sim.faults import Injection
 from plant.sim.history import _ChunkOut, _records
@@ -37,6 +37,8 @@ class _Slot:
     plan: BatchPlan | None = None
     bank: Bank | None = None
     noise: np.ndarray | None = None
+    pending: tuple[np.ndarray, np.ndarray] | None = None  # readings of the current physics step
+    emitted: int = 0  # culture minutes handed out so far
 
 
 class LiveTwin:
@@ -65,7 +67,7 @@ class LiveTwin:
             if p is None or b is None:
                 out.append(UnitStatus(slot.unit, None, "idle", None))
                 continue
-            t = b.minute / 60.0
+            t = slot.emitted / 60.0
             phase = ("activation" if t < p.transduction_h else "transduction" if t < p.feed_start_h
                      else "harvest" if t >= p.harvest_h - 2 else "expansion")
             out.append(UnitStatus(slot.unit, p.batch_id, phase, round(t / 24.0, 3)))
@@ -93,7 +95,8 @@ class LiveTwin:
         forced = injections_for(unit.id, self.now, recipe.harvest_day * 24.0, self.injections)
         slot.plan = plan_batch(self.site, unit, recipe, index, self.now, self.seed, self.scale, forced)
         slot.bank = Bank([slot.plan])
-        slot.noise = None
+        slot.noise = slot.pending = None
+        slot.emitted = 0
         slot.count += 1
         self.started.append(slot.plan)
 
@@ -117,24 +120,29 @@ class LiveTwin:
                 self._start(slot)
             if slot.bank is None or slot.plan is None:
                 continue
-            block = slot.bank.minute % 1440
-            if slot.noise is None or block == 0:
-                slot.noise = slot.bank.draw_noise(1440)
-            m, b = slot.bank.advance(slot.noise[block])
-            t = slot.plan.start + timedelta(minutes=slot.bank.minute)
+            bank = slot.bank
+            if slot.pending is None or slot.emitted == bank.minute:
+                block = bank.minute % 1440
+                if slot.noise is None or block == 0:
+                    slot.noise = bank.draw_noise(1440)
+                slot.pending = bank.advance(slot.noise[block:block + PHYS_MIN])
+            row = slot.emitted - (bank.minute - PHYS_MIN)
+            m, b = slot.pending[0][row], slot.pending[1][row]
+            slot.emitted += 1
+            t = slot.plan.start + timedelta(minutes=slot.emitted)
             for j, tag in enumerate(MEAS_TAGS):
                 if tag in self.unit_tags[slot.unit]:
                     ts_list.append(t)
                     tags.append(f"{slot.unit}.{tag}")
                     values.append(float(m[0, j]))
                     bad.append(bool(b[0, j]))
-            for minute, _, tag, value in slot.bank.sp_log:
-                if minute == slot.bank.minute - 1 and tag in self.unit_tags[slot.unit]:
-                    ts_list.append(t)
+            for minute, _, tag, value in bank.sp_log:
+                if minute == slot.emitted - 1 and tag in self.unit_tags[slot.unit]:
+                    ts_list.append(t - timedelta(minutes=1))
                     tags.append(f"{slot.unit}.{tag}")
                     values.append(value)
                     bad.append(False)
-            if slot.bank.minute >= slot.plan.n_steps:
+            if slot.emitted >= slot.plan.n_steps:
                 self.now += timedelta(minutes=1)  # harvest time stamps the records
                 self._finish(slot)
                 self.now -= timedelta(minutes=1)

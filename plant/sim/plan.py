@@ -82,6 +82,11 @@ class BatchPlan:
         return np.random.default_rng(np.random.SeedSequence([*self.entropy, stream]))
 
 
+def _on_step(t_h: float) -> float:
+    """Round a time to the twin's 5-minute physics step so faults and changes start exactly on one."""
+    return round(t_h * 12.0) / 12.0
+
+
 def twin_key(seed: int) -> bytes:
     """Key of the pseudonymous chain-of-identity ids the twin issues for a seed."""
     return f"cellwatch-twin-{seed}".encode()
@@ -139,13 +144,14 @@ def _faults(rng: np.random.Generator, unit: Unit, harvest_h: float, scale: float
         end = min(start + spec.min_h + d01 * (spec.max_h - spec.min_h), harvest_h)
         if kind in ("bacterial_contamination", "fungal_contamination", "mycoplasma"):
             end = harvest_h  # an infection does not go away
-        out.append(UnitFault(kind, round(start, 3), round(end, 3), params[kind]))
+        out.append(UnitFault(kind, _on_step(start), _on_step(end), params[kind]))
     for kind, start, duration in forced:
+        start = _on_step(start)
         end = harvest_h if kind.endswith("contamination") or kind == "mycoplasma" else min(start + duration, harvest_h)
-        out = [f for f in out if f.kind != kind] + [UnitFault(kind, start, end, params[kind])]
+        out = [f for f in out if f.kind != kind] + [UnitFault(kind, start, _on_step(end), params[kind])]
     leak = next((f for f in out if f.kind == "bag_leak" and f.param("contaminates") > 0.5), None)
     if leak and not any(f.kind == "bacterial_contamination" for f in out):
-        out.append(UnitFault("bacterial_contamination", min(leak.start_h + 12.0, harvest_h - 1.0), harvest_h,
+        out.append(UnitFault("bacterial_contamination", _on_step(min(leak.start_h + 12.0, harvest_h - 1.0)), harvest_h,
                              params["bacterial_contamination"]))
     return tuple(sorted(out, key=lambda f: (f.start_h, f.kind)))
 
@@ -167,12 +173,12 @@ def _setpoints(rng: np.random.Generator, site: Site, unit: Unit, recipe: Recipe,
         short = sorted(current)[int(rng.integers(len(current)))]
         tag = tags[short]
         assert tag.par is not None and tag.max_step is not None
-        t_h = 24.0 + rng.random() * max(harvest_h - 48.0, 1.0)
+        t_h = _on_step(24.0 + rng.random() * max(harvest_h - 48.0, 1.0))
         step = tag.max_step * (0.3 + 0.7 * rng.random()) * (1 if rng.random() < 0.5 else -1)
         value = round(float(np.clip(current[short] + step, *tag.par)), 3)
         if value != current[short]:
             current[short] = value
-            events.append(SetpointEvent(round(t_h, 3), short, value, "operator"))
+            events.append(SetpointEvent(t_h, short, value, "operator"))
     return tuple(sorted(events, key=lambda e: (e.t_h, e.tag)))
 
 
@@ -190,9 +196,9 @@ def plan_batch(site: Site, unit: Unit, recipe: Recipe, index: int, start: dateti
     donor *= 0.85 if cov["indication"][1] == "MCL" else 1.0
     donor = float(np.clip(donor, 0.3, 1.3))
     mu_max = float(np.clip(rng.normal(0.035, 0.002), 0.028, 0.042))
-    tau_lag = float(np.clip(rng.normal(24.0, 4.0), 12.0, 48.0))
+    tau_lag = float(np.clip(rng.normal(24.0, 4.0) / math.sqrt(donor), 12.0, 48.0))  # poor cells start late
     car = float(rng.beta(4.2, 7.8))
-    cd3 = float(np.clip(rng.normal(0.89, 0.08), 0.4, 0.995))
+    cd3 = float(np.clip(0.89 + 0.04 * z + 0.07 * rng.standard_normal(), 0.4, 0.995))
     drift = float(rng.normal(0.0, 0.005))
     doe = bool(rng.random() < DOE_FRACTION)
     harvest_h = recipe.harvest_day * 24.0
