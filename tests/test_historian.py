@@ -134,6 +134,18 @@ def test_tag_and_time_filters_start_inclusive_end_exclusive(tmp_path: Path) -> N
     assert h.scan("a").collect().height == 10
 
 
+def test_read_is_sorted_by_tag_then_ts_across_overlapping_segments(tmp_path: Path) -> None:
+    h = Historian(tmp_path)
+    odd = [minutes(t, 1500, start=T0 + timedelta(seconds=30), v0=1) for t in ("z", "a", "m")]
+    even = [minutes(t, 1500, v0=0.5) for t in ("m", "z", "a")]  # same day, interleaved in time
+    h.append(pl.concat(odd).sort("ts"))
+    h.append(pl.concat(even))
+    expected = pl.concat([*odd, *even]).sort("tag", "ts")
+    assert_frame_equal(h.read(), expected)  # many rows per tag: the per-tag sort path
+    cut = T0 + timedelta(minutes=2)
+    assert_frame_equal(h.read(start=T0, end=cut), expected.filter(pl.col("ts") < cut))
+
+
 def test_naive_datetimes_and_bad_frames_are_rejected(tmp_path: Path) -> None:
     h = Historian(tmp_path)
     with pytest.raises(ValueError, match="start must be a timezone-aware"):

@@ -340,7 +340,7 @@ CASES = [
      "recipes[0].unit_kinds[0]", "wave", "rocking_bag"),
     ("unit-id-pattern", 'id = "BR03"', 'id = "br03"',
      "units[2].id", "br03", "pattern"),
-    ("working-below-initial-volume", "working_volume_l = 1.5", "working_volume_l = 0.4",
+    ("working-below-initial-volume", "working_volume_l = 2.0", "working_volume_l = 0.4",
      "units[5].working_volume_l", 0.4, "below the initial volume"),
     ("site-code-pattern", 'code = "DEMO"', 'code = "demo plant"',
      "site.code", "demo plant", "pattern"),
@@ -484,7 +484,8 @@ def test_several_cross_reference_errors_are_all_reported(tmp_path):
     text = edit('id = "BR02"', 'id = "BR01"')
     text = edit('room = "CR-C2"', 'room = "CR-X"', text=text)
     text = edit('area = "MFG"', 'area = "NOPE"', text=text)
-    text = edit("PERF_SP = 1.0 }", "PERF_SP = 1.0, PH = 7.0 }", count=2, text=text)
+    text = edit("PERF_SP = 1.0 }", "PERF_SP = 1.0, PH = 7.0 }", text=text)
+    text = edit("PERF_SP = 2.0 }", "PERF_SP = 2.0, PH = 7.0 }", text=text)
     path, msg = load_error(tmp_path, text)
     error_line(msg, path, "units[1].id", "BR01")
     error_line(msg, path, "units[4].room", "CR-X")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -214,7 +215,8 @@ def generate_history(site: Site, out_dir: Path, n_batches: int, seed: int, start
     total = math.ceil(len(plans) / CHUNK) + math.ceil(days / ROOM_BLOCK_DAYS)
     done = 0
     outs: list[_ChunkOut] = []
-    with ProcessPoolExecutor(max_workers=max(1, workers)) as pool:
+    # spawn, not fork: a forked child of a process whose polars thread pool is running can deadlock.
+    with ProcessPoolExecutor(max_workers=max(1, workers), mp_context=get_context("spawn")) as pool:
         futures = [pool.submit(_bank_task, plans[i:i + CHUNK], unit_tags, root, site.info.code)
                    for i in range(0, len(plans), CHUNK)]
         for d in range(0, days, ROOM_BLOCK_DAYS):
