@@ -204,6 +204,9 @@ def demo(data: Path, batches: int, seed: int) -> None:
     click.echo(summary.render(Historian(data / "historian"), Records.open(data / "records.db")))
 
 
+# -- command groups of other modules: one import + cli.add_command(...) line each, below this marker --
+
+
 _EXPECTED = (SiteError, HistorianError, OSError, ValueError, KeyError)
 
 
