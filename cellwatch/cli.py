@@ -176,12 +176,7 @@ def plant_live(speed: float, hours: float, seed: int, out: Path, site_path: str 
 def _store(records: Records, twin) -> None:
     done = twin.take_records()
     if done.batches:
-        records.add_batches(done.batches)
-        records.add_setpoints(done.setpoints)
-        records.add_covariates(done.covariates)
-        records.add_offline_results(done.offline)
-        records.add_release_results(done.release)
-        records.add_fault_labels(done.labels)
+        done.store(records)
 
 
 @cli.command()

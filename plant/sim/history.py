@@ -50,6 +50,15 @@ class _ChunkOut:
     release: list[ReleaseResult] = field(default_factory=list)
     labels: list[FaultLabel] = field(default_factory=list)
 
+    def store(self, records: Records) -> None:
+        """Write everything collected into the records store."""
+        records.add_batches(self.batches)
+        records.add_setpoints(self.setpoints)
+        records.add_covariates(self.covariates)
+        records.add_offline_results(self.offline)
+        records.add_release_results(self.release)
+        records.add_fault_labels(self.labels)
+
 
 def schedule(site: Site, n_batches: int, seed: int, start: datetime = DEFAULT_START,
              injections: list[Injection] | None = None, fault_rate_scale: float = 1.0) -> list[BatchPlan]:
@@ -233,12 +242,7 @@ def generate_history(site: Site, out_dir: Path, n_batches: int, seed: int, start
         merged.samples += o.samples
         for name in ("batches", "setpoints", "covariates", "offline", "release", "labels"):
             getattr(merged, name).extend(getattr(o, name))
-    records.add_batches(merged.batches)
-    records.add_setpoints(merged.setpoints)
-    records.add_covariates(merged.covariates)
-    records.add_offline_results(merged.offline)
-    records.add_release_results(merged.release)
-    records.add_fault_labels(merged.labels)
+    merged.store(records)
     records.close()
     Historian(root).compact()  # only partitions with many small segments; day files here are large
     failed = sum(1 for b in merged.batches if b.disposition == "rejected")
