@@ -33,7 +33,7 @@ _PART_PREFIX = "date="
 _COMMIT_LOCK = ".commit.lock"  # exclusive: allocating a seq + renaming into place
 _WRITE_LOCK = ".write.lock"  # shared while a *.tmp is being written; exclusive to sweep tmps
 _ROW_GROUP = 16_384  # small row groups so tag/time predicates skip most of a day file
-_READ_ATTEMPTS = 3
+_READ_ATTEMPTS = 8  # a busy compactor may replace files several times while a slow reader lists them
 _USABLE = (Quality.GOOD.value, Quality.UNCERTAIN.value)
 _AGGS = ("mean", "min", "max", "median", "sum", "std", "first", "last")
 
@@ -263,6 +263,7 @@ class Historian:
             except FileNotFoundError:
                 if attempt == _READ_ATTEMPTS - 1:
                     raise
+                time.sleep(0.005 * 2**attempt)  # let the competing compaction finish its rename
             except pl.exceptions.PolarsError as exc:
                 if attempt == _READ_ATTEMPTS - 1 or all(f.exists() for f in files):
                     _raise_if_corrupt(files, exc)
