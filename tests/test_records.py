@@ -7,7 +7,6 @@ import sqlite3
 import string
 import subprocess
 import sys
-import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -323,17 +322,16 @@ def test_covariates_wide(store: Records) -> None:
     assert store.covariates(bid(1)).height == 3
 
 
-def test_bulk_insert_is_fast(store: Records) -> None:
+def test_bulk_insert_of_a_plant_year(store: Records) -> None:
+    """Correctness of a large bulk insert; its speed is measured in bench/, not asserted here."""
     batches = [batch(i, f"BR-{i % 10:02d}", i) for i in range(200)]
     analytes = ["VCD", "viability", "glucose", "lactate", "glutamine", "ammonia", "CAR_pct", "pH"]
     results = [OfflineResult(b.batch_id, b.start_ts + timedelta(days=d), a, 1.0, "u")
                for b in batches for d in range(12) for a in analytes]
-    start = time.perf_counter()
     store.add_batches(batches)
     store.add_offline_results(results)
-    elapsed = time.perf_counter() - start
     assert store.offline_results().height == 200 * 12 * 8
-    assert elapsed < 1.0, f"bulk insert took {elapsed:.2f} s"
+    assert store.offline_results(batches[7].batch_id, "pH").height == 12
 
 
 # -- chain of identity ------------------------------------------------------------------------
@@ -406,7 +404,5 @@ def test_second_process_reads_while_first_writes(store: Records, tmp_path: Path)
             "batch_id": bid(2), "unit": "BR-02", "site": "DEMO", "recipe": "r",
             "kind": "production", "start_ts": T0, "planned_end_ts": day(12), "end_ts": None,
             "status": "running", "disposition": None, "notes": ""})
-        started = time.perf_counter()
-        assert read_in_subprocess() == 1  # sees the committed batch, not blocked by the writer
-        assert time.perf_counter() - started < 10
+        assert read_in_subprocess() == 1  # sees the committed batch; a blocked reader would fail "locked"
     assert read_in_subprocess() == 2

@@ -128,7 +128,7 @@ class Bank:
         self.sp_log.append((self.minute, i, tag, value))
 
     def _controls(self, t: np.ndarray, do_meas: np.ndarray) -> k.Controls:
-        s, n = self.s, self.n
+        s = self.s
         feeding = (t >= self.feed_start) & (t < self.feed_start + 24.0) & (s.vol < self.vw)
         feed = np.where(feeding & self.p.perfusion, (self.vw - self.v0) / 24.0, 0.0)
         perf_on = self.p.perfusion & (t >= self.feed_start + 24.0)
