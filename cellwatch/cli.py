@@ -200,6 +200,11 @@ def demo(data: Path, batches: int, seed: int) -> None:
 
 
 # -- command groups of other modules: one import + cli.add_command(...) line each, below this marker --
+from cellwatch.audit_cli import audit as _audit_group; cli.add_command(_audit_group)  # noqa: E402
+from cellwatch.users_cli import users as _users_group; cli.add_command(_users_group)  # noqa: E402
+from cellwatch.alarms_cli import alarms_group, deviations_group; cli.add_command(alarms_group)  # noqa: E402
+cli.add_command(deviations_group)
+from cellwatch.connectors_cli import ingest, plant_serve; cli.add_command(ingest); plant.add_command(plant_serve)  # noqa: E402,E501
 
 
 _EXPECTED = (SiteError, HistorianError, OSError, ValueError, KeyError)

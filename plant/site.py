@@ -25,6 +25,7 @@ Grade = Literal["A", "B", "C", "D"]
 UnitKind = Literal["rocking_bag", "stirred_tank", "static_gp"]
 ModbusType = Literal["int16", "uint16", "int32", "uint32", "float32", "float64"]
 ByteOrder = Literal["big", "little"]
+AlarmPriority = Literal["low", "medium", "high", "critical"]
 
 # EU GMP Annex 1 (2022) particle limits per m3 (>=0.5 um, >=5.0 um), at rest and in operation.
 # None = not specified / not predetermined (set by risk assessment).
@@ -143,6 +144,13 @@ class TagTemplate(_Model):
     min_interval_h: float = Field(default=4.0, ge=0)
     opcua: OpcUaAddress | None = None
     modbus: ModbusAddress | None = None
+    # Alarm configuration (docs/alarms.md); None = the engine's default for the condition.
+    priority: AlarmPriority | None = None  # of the action-level alarms; alert-level ones are one step lower
+    deadband: float | None = Field(default=None, ge=0)  # hysteresis in the tag's unit
+    on_delay_s: float | None = Field(default=None, ge=0, le=86_400)
+    off_delay_s: float | None = Field(default=None, ge=0, le=86_400)
+    roc_per_min: float | None = Field(default=None, gt=0)  # rate-of-change alarm, |change| per minute
+    stale_s: float | None = Field(default=None, gt=0, le=86_400)  # no usable value for this long: stale
 
     @field_validator("eng_range")
     @classmethod
@@ -180,6 +188,15 @@ class TagTemplate(_Model):
                     raise ValueError(f"{key} = {shown} is only for controllable tags (set controllable = true)")
         if self.opcua is not None and self.modbus is not None:
             raise ValueError("a tag has one address: opcua or modbus, not both")
+        if self.deadband is not None and self.deadband >= hi - lo:
+            raise ValueError(f"deadband = {self.deadband} is not below the eng_range span {hi - lo:g}")
+        alarmed = self.annex1 is not None or self.roc_per_min is not None or self.stale_s is not None or any(
+            getattr(self, k) is not None for k in ("alert_low", "alert_high", "action_low", "action_high"))
+        if not alarmed:
+            for key in ("priority", "deadband", "on_delay_s", "off_delay_s"):
+                if getattr(self, key) is not None:
+                    raise ValueError(f"{key} = {getattr(self, key)!r} needs an alarm on tag {self.name} "
+                                     "(alert_*/action_* limits, annex1, roc_per_min or stale_s)")
         return self
 
 
@@ -205,6 +222,13 @@ class Endpoint(_Model):
     device_id: int = Field(default=1, ge=0, le=255)
     timeout_s: float = Field(default=1.0, gt=0)
     security: Literal["Basic256Sha256_SignAndEncrypt", "None"] = "Basic256Sha256_SignAndEncrypt"
+    # Connector settings (docs/connectors/opcua.md, modbus.md); credentials never go in a site file.
+    interval_ms: float = Field(default=1000.0, gt=0)  # OPC UA publishing interval / Modbus poll interval
+    stale_intervals: int = Field(default=3, ge=0)  # no update for this many intervals -> STALE; 0 = off
+    backoff_max_s: float = Field(default=10.0, gt=0)  # cap of the reconnect backoff
+    namespace: str | None = None  # OPC UA namespace URI of browse-path names (default: index 2)
+    max_block: int = Field(default=125, ge=1, le=125)  # Modbus: registers per read request
+    max_gap: int = Field(default=8, ge=0, le=124)  # Modbus: unused registers one read may span
 
     @model_validator(mode="after")
     def _addr(self) -> Endpoint:
@@ -306,6 +330,13 @@ class Tag:
     min_interval_h: float
     opcua: OpcUaAddress | None
     modbus: ModbusAddress | None
+    annex1: str | None = None  # "0.5"/"5.0": particle size whose Annex 1 limits apply (room tags)
+    priority: str | None = None
+    deadband: float | None = None
+    on_delay_s: float | None = None
+    off_delay_s: float | None = None
+    roc_per_min: float | None = None
+    stale_s: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -524,6 +555,8 @@ def _resolve_tags(sf: SiteFile) -> dict[str, Tag]:
                 action_low=t.action_low, action_high=action_high, controllable=t.controllable,
                 controls=t.controls and f"{owner}.{t.controls}", par=t.par, max_step=t.max_step,
                 min_interval_h=t.min_interval_h, opcua=opcua, modbus=modbus,
+                annex1=t.annex1 if grade is not None else None, priority=t.priority, deadband=t.deadband,
+                on_delay_s=t.on_delay_s, off_delay_s=t.off_delay_s, roc_per_min=t.roc_per_min, stale_s=t.stale_s,
             )
     return tags
 

@@ -22,6 +22,7 @@ from typing import Protocol
 from asyncua import Server, ua
 from asyncua.common.callback import CallbackType, ServerItemCallback
 from asyncua.crypto.permission_rules import SimpleRoleRuleset, User, UserRole
+from asyncua.server.monitored_item_service import MonitoredItemService
 
 from plant.pki import TrustFolder, ensure_certificate
 from plant.samples import utcnow
@@ -41,6 +42,24 @@ UNECE = {"Cel": "CEL", "%": "P1", "kg": "KGM", "mL": "MLT", "L/d": "LD", "Pa": "
          "1/d": "E91", "/m3": "C86", "1": "C62"}
 _WRITE = ua.NodeId(ua.ObjectIds.WriteRequest_Encoding_DefaultBinary)
 _GOOD = ua.StatusCode(ua.StatusCodes.Good)
+
+
+def _report_status_changes_despite_deadband() -> None:
+    """asyncua 2.1 computes `None - number` when a deadbanded value turns Bad (its value becomes null), the
+    callback dies and the change to Bad is never reported. A change of status must always be reported
+    (OPC UA Part 4, 7.22.2), so a null on either side counts as beyond any deadband."""
+    original = MonitoredItemService._is_deadband_exceeded
+
+    def exceeded(self, values, flt):  # noqa: ANN001, ANN202
+        cur, old = values.get_current_datavalue(), values.get_old_datavalue()
+        if cur is not None and old is not None and None in (cur.Value and cur.Value.Value, old.Value and old.Value.Value):
+            return True
+        return original(self, values, flt)
+
+    MonitoredItemService._is_deadband_exceeded = exceeded
+
+
+_report_status_changes_despite_deadband()
 
 
 def unece_unit_id(code: str) -> int:
@@ -163,6 +182,7 @@ class UnitOpcUaServer:
         self.idx = 2
         self.node_ids: dict[str, ua.NodeId] = {}
         self._sp_nodes: dict[ua.NodeId, Tag] = {}
+        self.running = False
 
     async def init(self) -> None:
         """Build the address space and security (Server.init takes ~3 s)."""
@@ -193,9 +213,11 @@ class UnitOpcUaServer:
             await self.init()
         assert self.server is not None
         await self.server.start()
+        self.running = True
         log.info("%s: OPC UA server on %s (%d tags)", self.endpoint.id, self.url, len(self.tags))
 
     async def stop(self) -> None:
+        self.running = False
         if self.server is not None:
             await self.server.stop()
             self.server = None

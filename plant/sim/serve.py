@@ -37,7 +37,7 @@ class PlantServers:
     """Every OPC UA endpoint and Modbus device of a site, fed by one LiveTwin."""
 
     def __init__(self, site: Site, twin: LiveTwin, pki: Path, users: dict[str, ServerUser],
-                 modbus: bool = True, opcua: bool = True) -> None:
+                 modbus: bool = True, opcua: bool = True, record: bool = False) -> None:
         self.site, self.twin, self.pki, self.users = site, twin, pki, users
         self.target = TwinTarget(twin)
         self.opcua = {e.id: UnitOpcUaServer(site, e.id, pki, users, self.target)
@@ -47,6 +47,8 @@ class PlantServers:
         self.setpoints = [t for t in site.tags.values() if t.controllable and t.opcua is not None]
         self.steps = 0
         self.last_frame: pl.DataFrame | None = None
+        # record=True keeps what was actually served, with the loop time (tests compare it downstream).
+        self.served: list[tuple[float, Row]] | None = [] if record else None
 
     async def start(self) -> None:
         for srv in self.opcua.values():
@@ -60,13 +62,19 @@ class PlantServers:
         if self.modbus is not None:
             await self.modbus.stop()
 
-    async def restart_opcua(self, endpoint_id: str, down_s: float) -> None:
+    def spare_opcua(self, endpoint_id: str) -> UnitOpcUaServer:
+        """A not yet started server for an endpoint (init() it ahead: Server.init holds the loop for seconds)."""
+        return UnitOpcUaServer(self.site, endpoint_id, self.pki, self.users, self.target)
+
+    async def restart_opcua(self, endpoint_id: str, down_s: float, fresh: UnitOpcUaServer | None = None) -> None:
         """Stop one OPC UA server, stay down for down_s, start a fresh one (same certificate and node ids)."""
-        await self.opcua[endpoint_id].stop()
-        fresh = UnitOpcUaServer(self.site, endpoint_id, self.pki, self.users, self.target)
         loop = asyncio.get_running_loop()
+        await self.opcua[endpoint_id].stop()
         up_at = loop.time() + down_s
-        await fresh.init()  # ~3 s of the outage
+        if fresh is None:
+            fresh = self.spare_opcua(endpoint_id)
+        if fresh.server is None:
+            await fresh.init()
         await asyncio.sleep(max(0.0, up_at - loop.time()))
         await fresh.start()
         self.opcua[endpoint_id] = fresh
@@ -82,6 +90,7 @@ class PlantServers:
 
     async def publish(self, frame: pl.DataFrame, now: datetime) -> None:
         """Publish a frame of samples (PVs of running units, room values) and the unit status."""
+        loop = asyncio.get_running_loop()
         rows, values = [], {}
         for tag, ts, value, quality, status in frame.select("tag", "ts", "value", "quality", "status").iter_rows():
             bad = quality != "GOOD" or value is None
@@ -96,12 +105,17 @@ class PlantServers:
             if t.name not in seen and t.owner in running and latest is not None:
                 rows.append(Row(t.name, latest[1], now))
         for srv in self.opcua.values():
-            if srv.server is not None:
-                await srv.publish(r for r in rows if r.tag in srv.tags)
+            if srv.running:
+                mine = [r for r in rows if r.tag in srv.tags]
+                await srv.publish(mine)
+                if self.served is not None:
+                    self.served += [(loop.time(), r) for r in mine]
                 for s in self.twin.status():
                     await srv.set_unit_status(s.unit, s.batch_id, s.phase, s.culture_day)
         if self.modbus is not None and values:
             await self.modbus.update(values, now)
+            if self.served is not None:
+                self.served += [(loop.time(), Row(t, v, now)) for t, v in values.items()]
 
     async def _publish_current(self) -> None:
         if self.last_frame is not None:

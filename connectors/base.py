@@ -1,0 +1,139 @@
+"""What every connector shares: the state machine, capped backoff, gap and stale markers, the sample sink."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+import zlib
+from collections.abc import AsyncIterator, Callable, Iterable
+from enum import StrEnum
+from typing import Protocol
+
+from plant.connector_log import ConnectorEvent
+from plant.samples import Quality, Sample, utcnow
+
+Emit = Callable[[list[Sample]], None]
+OnEvent = Callable[[ConnectorEvent], None]
+
+
+class ConnectorState(StrEnum):
+    CONNECTING = "CONNECTING"
+    READY = "READY"
+    RECONNECTING = "RECONNECTING"
+    STOPPED = "STOPPED"
+
+
+class Connector(Protocol):
+    """Explicit lifecycle; BAD/STALE/MISSING samples are emitted, never dropped."""
+
+    endpoint_id: str
+
+    @property
+    def state(self) -> ConnectorState: ...
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+
+class Backoff:
+    """Capped exponential backoff with seeded jitter (deterministic per endpoint)."""
+
+    def __init__(self, key: str, first_s: float = 0.2, cap_s: float = 10.0) -> None:
+        self.first_s, self.cap_s = first_s, cap_s
+        self._rng = random.Random(zlib.crc32(key.encode()))
+        self.attempt = 0
+
+    def next_delay(self) -> float:
+        base = min(self.cap_s, self.first_s * 2 ** min(self.attempt, 30))
+        self.attempt += 1
+        return base * (0.75 + 0.25 * self._rng.random())  # jitter so devices do not retry in lockstep
+
+    def reset(self) -> None:
+        self.attempt = 0
+
+
+class StateTracker:
+    """Holds a connector's state; each change is logged once and handed on as a ConnectorEvent."""
+
+    def __init__(self, endpoint: str, protocol: str, on_event: OnEvent | None, log: logging.Logger) -> None:
+        self.endpoint, self.protocol, self.on_event, self.log = endpoint, protocol, on_event, log
+        self.state = ConnectorState.STOPPED
+        self.reason = ""
+        self.changed = asyncio.Event()
+
+    def set(self, new: ConnectorState, reason: str = "") -> None:
+        if new == self.state:
+            if reason and reason != self.reason:
+                self.log.debug("%s: still %s: %s", self.endpoint, new, reason)  # repeats go to debug
+            return
+        old, self.state, self.reason = self.state, new, reason
+        level = logging.WARNING if new == ConnectorState.RECONNECTING else logging.INFO
+        self.log.log(level, "%s: %s -> %s%s", self.endpoint, old, new, f" ({reason})" if reason else "")
+        if self.on_event is not None:
+            self.on_event(ConnectorEvent(utcnow(), self.endpoint, self.protocol, old.value, new.value, reason))
+        self.changed.set()
+        self.changed = asyncio.Event()
+
+    async def wait_for(self, state: ConnectorState, timeout: float | None = None) -> None:
+        """Wait until the connector is in `state`."""
+        async with asyncio.timeout(timeout):
+            while self.state != state:
+                await self.changed.wait()
+
+
+class Freshness:
+    """Per-tag last-update clock: emits one STALE sample per tag when updates stop for `after_s`."""
+
+    def __init__(self, tags: Iterable[str], after_s: dict[str, float] | float | None) -> None:
+        self.tags = list(tags)
+        now = time.monotonic()
+        self.last = dict.fromkeys(self.tags, now)
+        self.stale: set[str] = set()
+        if isinstance(after_s, dict):
+            self.after = after_s
+        else:
+            self.after = dict.fromkeys(self.tags, after_s) if after_s else {}
+
+    def touch(self, tag: str, now: float) -> None:
+        self.last[tag] = now
+        self.stale.discard(tag)
+
+    def restart(self) -> None:
+        """Start every clock afresh (after a reconnect the gap is already marked MISSING)."""
+        now = time.monotonic()
+        self.last = dict.fromkeys(self.tags, now)
+        self.stale.clear()
+
+    def check(self) -> list[Sample]:
+        """STALE samples for tags that just went stale."""
+        now, out = time.monotonic(), []
+        ts = utcnow()
+        for tag, limit in self.after.items():
+            if limit and tag not in self.stale and now - self.last[tag] > limit:
+                self.stale.add(tag)
+                out.append(Sample(tag, None, Quality.STALE, None, None, ts, f"no update for {limit:g} s"))
+        return out
+
+
+def gap_markers(tags: Iterable[str], reason: str) -> list[Sample]:
+    """One MISSING sample per tag: the start of a gap, stamped when the loss was seen."""
+    ts = utcnow()
+    return [Sample(t, None, Quality.MISSING, None, None, ts, reason[:200]) for t in tags]
+
+
+class QueueSink:
+    """A sink for `Emit` that a consumer reads with `async for sample in sink`."""
+
+    def __init__(self) -> None:
+        self._q: asyncio.Queue[Sample] = asyncio.Queue()
+
+    def __call__(self, samples: list[Sample]) -> None:
+        for s in samples:
+            self._q.put_nowait(s)
+
+    async def __aiter__(self) -> AsyncIterator[Sample]:
+        while True:
+            yield await self._q.get()

@@ -1,0 +1,309 @@
+"""Batch features "as of" a time t, built only from data before t (telemetry, offline) or up to t (setpoints).
+
+A feature row is keyed by (batch_id, k_end): it sees telemetry buckets k < k_end, offline results with
+ts < t and setpoint changes with ts <= t, where t = the end of bucket k_end - 1. Missing data stays null
+(LightGBM routes nulls natively); staleness and the BAD fraction are features of their own.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from datetime import datetime, timedelta
+
+import polars as pl
+
+from models.dataset import PlantData
+from plant.samples import TS_DTYPE
+
+WINDOWS_H = (1, 6, 24)
+PHASE_TAGS = ("TEMP", "PH", "DO")
+OFFLINE_ANALYTES = ("VCD", "VIAB", "GLC", "LAC", "GLN", "NH4", "PH", "CAR_PCT")
+KEYS = ("batch_id", "k_end", "t", "t_h")
+_CHUNK = 60  # batches per pass; the full grid of 300 batches x 200 columns would not need to exist at once
+
+
+def _grid(data: PlantData) -> pl.DataFrame:
+    """One row per batch and bucket k (0 .. last bucket with data time), with the as-of time t of row k."""
+    w = data.bucket_min * 60_000_000
+    b = data.batches.with_columns(b0=pl.col("start_ts").dt.epoch("us") // w,
+                                  b1=(pl.col("data_end").dt.epoch("us") - 1) // w)
+    g = b.select("batch_id", "start_ts", "planned_h", "transduction_h", "feed_h", "b0",
+                 k=pl.int_ranges(0, pl.col("b1") - pl.col("b0") + 1, dtype=pl.Int32)).explode("k")
+    t = ((pl.col("b0") + pl.col("k") + 1) * w).cast(pl.Datetime("us")).dt.replace_time_zone("UTC")
+    return g.with_columns(t=t).with_columns(
+        t_h=(pl.col("t") - pl.col("start_ts")).dt.total_seconds() / 3600.0, k_end=pl.col("k") + 1,
+    ).sort("batch_id", "k")
+
+
+def _wide_buckets(data: PlantData, grid: pl.DataFrame) -> pl.DataFrame:
+    cols = ("n_good", "n_bad", "s1", "s2", "vmin", "vmax")
+    out = grid.select("batch_id", "k")
+    ids = grid["batch_id"].unique()
+    bk = data.buckets.filter(pl.col("batch_id").is_in(ids))
+    for tag in data.online_tags:
+        part = bk.filter(pl.col("tag") == tag).select("batch_id", "k", *[pl.col(c).alias(f"{tag}|{c}") for c in cols])
+        out = out.join(part, on=["batch_id", "k"], how="left", maintain_order="left")
+    return out
+
+
+def _window_sums(tag: str, w_rows: int, kk: pl.Expr) -> list[pl.Expr]:
+    """Sums over the last w_rows buckets (this one included) by cumulative-sum differences per batch."""
+    n = pl.col(f"{tag}|n_good").fill_null(0).cast(pl.Float64)
+    s1 = pl.col(f"{tag}|s1").fill_null(0.0)  # a sum over no samples is 0; means stay null below via n == 0
+    terms = {"n": n, "s1": s1, "s2": pl.col(f"{tag}|s2").fill_null(0.0), "nk": n * kk, "nk2": n * kk * kk,
+             "ks1": kk * s1, "bad": pl.col(f"{tag}|n_bad").fill_null(0).cast(pl.Float64)}
+    out = []
+    for name, e in terms.items():
+        c = e.cum_sum().over("batch_id")
+        out.append((c - c.shift(w_rows).over("batch_id").fill_null(0.0)).alias(f"_{tag}_{w_rows}_{name}"))
+    return out
+
+
+def _tag_features(tag: str, rows_per_h: int, kk: pl.Expr) -> tuple[list[pl.Expr], list[pl.Expr]]:
+    """(helper sums, features) of one online tag."""
+    helpers: list[pl.Expr] = []
+    feats: list[pl.Expr] = []
+    for wh in WINDOWS_H:
+        r = wh * rows_per_h
+        helpers += _window_sums(tag, r, kk)
+
+        def c(name: str, r: int = r) -> pl.Expr:
+            return pl.col(f"_{tag}_{r}_{name}")
+
+        ok = c("n") > 0
+        mean = c("s1") / c("n")
+        feats.append(pl.when(ok).then(mean).alias(f"{tag}_mean_{wh}h"))
+        den = c("n") * c("nk2") - c("nk") ** 2
+        slope = (c("n") * c("ks1") - c("nk") * c("s1")) / den * rows_per_h  # per hour
+        feats.append(pl.when(ok & (den > 1e-9)).then(slope).alias(f"{tag}_slope_{wh}h"))
+        feats.append(pl.when(c("n") + c("bad") > 0).then(c("bad") / (c("n") + c("bad"))).alias(f"{tag}_bad_{wh}h"))
+        if wh <= 6:
+            var = (c("s2") / c("n") - mean**2).clip(lower_bound=0.0)
+            feats.append(pl.when(c("n") > 1).then(var.sqrt()).alias(f"{tag}_sd_{wh}h"))
+    r6 = 6 * rows_per_h
+    feats.append(pl.col(f"{tag}|vmin").rolling_min(r6, min_samples=1).over("batch_id").alias(f"{tag}_min_6h"))
+    feats.append(pl.col(f"{tag}|vmax").rolling_max(r6, min_samples=1).over("batch_id").alias(f"{tag}_max_6h"))
+    has = pl.col(f"{tag}|n_good").fill_null(0) > 0
+    last = pl.when(has).then(pl.col(f"{tag}|s1") / pl.col(f"{tag}|n_good"))
+    feats.append(last.forward_fill().over("batch_id").alias(f"{tag}_last"))
+    last_k = pl.when(has).then(kk).forward_fill().over("batch_id")
+    feats.append(((kk - last_k) * (60.0 / rows_per_h)).alias(f"{tag}_age_min"))  # null: never seen
+    n_all = pl.col(f"{tag}|n_good").fill_null(0).cum_sum().over("batch_id")
+    s_all = pl.col(f"{tag}|s1").fill_null(0.0).cum_sum().over("batch_id")
+    feats.append(pl.when(n_all > 0).then(s_all / n_all).alias(f"{tag}_mean_all"))
+    return helpers, feats
+
+
+def _phase_features(data: PlantData, kk: pl.Expr, rows_per_h: int) -> list[pl.Expr]:
+    hour = (kk + 1) / rows_per_h  # approximate culture hour at the end of the bucket
+    phases = {"act": hour <= pl.col("transduction_h"),
+              "trd": (hour > pl.col("transduction_h")) & (hour <= pl.col("feed_h")),
+              "exp": hour > pl.col("feed_h")}
+    out = []
+    for tag in PHASE_TAGS:
+        if tag not in data.online_tags:
+            continue
+        for name, mask in phases.items():
+            n = pl.when(mask).then(pl.col(f"{tag}|n_good").fill_null(0)).otherwise(0).cum_sum().over("batch_id")
+            s = pl.when(mask).then(pl.col(f"{tag}|s1").fill_null(0.0)).otherwise(0.0).cum_sum().over("batch_id")
+            out.append(pl.when(n > 0).then(s / n).alias(f"{tag}_phase_{name}"))
+    return out
+
+
+def _setpoint_features(data: PlantData, grid: pl.DataFrame) -> pl.DataFrame:
+    out = grid.select("batch_id", "k", "t")
+    for sp in data.setpoint_tags:
+        s = data.setpoints.filter(pl.col("tag") == sp).select("batch_id", pl.col("ts").alias("t"),
+                                                               pl.col("value").alias(f"sp_{sp}"))
+        out = out.sort("t").join_asof(s.sort("t"), on="t", by="batch_id", strategy="backward",
+                                      check_sortedness=False)
+    out = out.sort("batch_id", "k")
+    avg = [(pl.col(f"sp_{sp}").cum_sum().over("batch_id") / pl.col(f"sp_{sp}").cum_count().over("batch_id"))
+           .alias(f"sp_{sp}_avg") for sp in data.setpoint_tags]
+    return out.with_columns(avg).drop("t")
+
+
+def _offline_table(data: PlantData, analyte: str) -> pl.DataFrame:
+    """Per offline sample: value, previous value, hours between, and (VCD) the running integral."""
+    o = data.offline.filter(pl.col("analyte") == analyte).sort("batch_id", "ts")
+    dt = (pl.col("ts") - pl.col("ts").shift(1).over("batch_id")).dt.total_seconds() / 3600.0
+    o = o.with_columns(prev=pl.col("value").shift(1).over("batch_id"), dt_h=dt)
+    if analyte == "VCD":  # integral of viable cell density (trapezoid), 1e6 cells x h / mL
+        area = ((pl.col("value") + pl.col("prev")) / 2 * pl.col("dt_h") / 1e6).fill_null(0.0)
+        mu = (pl.col("value") / pl.col("prev")).log() / pl.col("dt_h")  # specific growth rate, 1/h
+        o = o.with_columns(ivcd=area.cum_sum().over("batch_id"),
+                           VCD_mu_h=pl.when(pl.col("value") > 0, pl.col("prev") > 0).then(mu))
+        o = o.with_columns(_vcd_fit(4))
+    return o
+
+
+def _vcd_fit(n: int) -> list[pl.Expr]:
+    """Least-squares growth rate and fitted ln VCD over the last n counts: one count is 7 % noisy."""
+    x = pl.col("ts").dt.epoch("s").cast(pl.Float64) / 3600.0
+    x = x - x.first().over("batch_id")
+    y = pl.when(pl.col("value") > 0).then(pl.col("value").log())
+    ok = y.is_not_null()
+    xs = pl.when(ok).then(x)
+
+    def s(e: pl.Expr) -> pl.Expr:
+        return e.fill_null(0.0).rolling_sum(n, min_samples=1).over("batch_id")
+
+    m, sx, sy, sxx, sxy = s(ok.cast(pl.Float64)), s(xs), s(y), s(xs * xs), s(xs * y)
+    den = m * sxx - sx * sx
+    slope = (m * sxy - sx * sy) / den
+    fit_now = (sy - slope * sx) / m + slope * x
+    good = (m >= 3) & (den > 1e-9)
+    return [pl.when(good).then(slope).alias("VCD_mu_fit"), pl.when(good).then(fit_now).alias("VCD_ln_fit")]
+
+
+def _offline_features(data: PlantData, grid: pl.DataFrame, ph_online: pl.DataFrame) -> pl.DataFrame:
+    out = grid.select("batch_id", "k", "t").sort("t")
+    for a in OFFLINE_ANALYTES:
+        o = _offline_table(data, a)
+        if a == "PH":  # offline minus online pH in the bucket the sample was taken: a drifting probe shows here
+            o = o.join(ph_online, on=["batch_id", "ts"], how="left").with_columns(
+                ph_off_on=pl.col("value") - pl.col("ph_on"))
+            o = o.with_columns(ph_off_on_prev=pl.col("ph_off_on").shift(1).over("batch_id"))
+        extra = [c for c in ("ivcd", "VCD_mu_h", "VCD_mu_fit", "VCD_ln_fit", "ph_off_on", "ph_off_on_prev")
+                 if c in o.columns]
+        p = f"off_{a}"
+        o = o.select("batch_id", pl.col("ts").alias("t"), pl.col("ts").alias(f"_{a}_ts"),
+                     pl.col("value").alias(f"{p}_last"), pl.col("prev").alias(f"{p}_prev"),
+                     pl.col("dt_h").alias(f"_{a}_dt"), *[pl.col(c).alias(f"off_{c}") for c in extra]).sort("t")
+        # strictly before t: a sample taken at t is not yet known at t
+        out = out.join_asof(o, on="t", by="batch_id", strategy="backward", allow_exact_matches=False,
+                            check_sortedness=False)
+        out = out.with_columns(
+            ((pl.col("t") - pl.col(f"_{a}_ts")).dt.total_seconds() / 3600.0).alias(f"{p}_age_h"),
+            ((pl.col(f"{p}_last") - pl.col(f"{p}_prev")) / pl.col(f"_{a}_dt")).alias(f"{p}_rate_h"),
+        ).drop(f"_{a}_ts", f"_{a}_dt")
+    return out.sort("batch_id", "k").drop("t")
+
+
+def _ph_online_at_samples(data: PlantData) -> pl.DataFrame:
+    """Online pH (bucket mean) in the bucket holding each offline pH sample."""
+    w = data.bucket_min * 60_000_000
+    s = data.offline.filter(pl.col("analyte") == "PH").join(data.batches.select("batch_id", "start_ts"), on="batch_id")
+    s = s.select("batch_id", "ts", k=((pl.col("ts").dt.epoch("us") // w) - (pl.col("start_ts").dt.epoch("us") // w))
+                 .cast(pl.Int32))
+    ph = data.buckets.filter(pl.col("tag") == "PH", pl.col("n_good") > 0).select(
+        "batch_id", "k", ph_on=pl.col("s1") / pl.col("n_good"))
+    return s.join(ph, on=["batch_id", "k"], how="left").select("batch_id", "ts", "ph_on")
+
+
+def _static_features(data: PlantData) -> pl.DataFrame:
+    cov = data.covariates.rename({c: f"cov_{c}" for c in data.covariates.columns if c != "batch_id"})
+    b = data.batches.select("batch_id", "recipe", "unit_kind")
+    return b.join(cov, on="batch_id", how="left")
+
+
+def _chunk_features(data: PlantData, keep: pl.DataFrame | None) -> pl.DataFrame:
+    rows_per_h = 60 // data.bucket_min
+    grid = _grid(data)
+    kk = pl.col("k").cast(pl.Float64)
+    wide = _wide_buckets(data, grid)
+    helpers, feats = [], []
+    for tag in data.online_tags:
+        h, f = _tag_features(tag, rows_per_h, kk)
+        helpers += h
+        feats += f
+    g = pl.concat([grid, wide.drop("batch_id", "k")], how="horizontal")
+    g = g.with_columns(helpers).with_columns(feats + _phase_features(data, kk, rows_per_h))
+    g = g.drop([c for c in g.columns if c.startswith("_") or "|" in c])
+    if keep is not None:
+        g = g.join(keep, on=["batch_id", "k_end"], how="semi", maintain_order="left")
+    g = g.join(_setpoint_features(data, g), on=["batch_id", "k"], how="left", maintain_order="left")
+    g = g.join(_offline_features(data, g, _ph_online_at_samples(data)), on=["batch_id", "k"], how="left",
+               maintain_order="left")
+    return g
+
+
+def _derived(data: PlantData) -> list[pl.Expr]:
+    out = [
+        (pl.col("planned_h") - pl.col("t_h")).alias("remaining_h"),
+        (pl.col("t_h") / pl.col("planned_h")).alias("t_frac"),
+        pl.col("off_VCD_last").log10().alias("off_VCD_log10"),
+    ]
+    if "WEIGHT" in data.online_tags:  # viable cells in the vessel now: VCD (/mL) x culture mass (kg ~ L)
+        tvc = (pl.col("off_VCD_last") * pl.col("WEIGHT_last") * 1000.0).log10()
+        out.append(tvc.alias("tvc_log10"))
+        proj = tvc + pl.col("off_VCD_mu_h").clip(-0.1, 0.1) * (pl.col("planned_h") - pl.col("t_h")) / math.log(10)
+        out.append(proj.alias("tvc_log10_proj"))
+        # the same from the 4-count fit: smoothed cells now, extrapolated at the fitted rate
+        fit = (pl.col("off_VCD_ln_fit") / math.log(10)) + (pl.col("WEIGHT_last") * 1000.0).log10()
+        out.append(fit.alias("tvc_log10_fit"))
+        remaining = (pl.col("planned_h") - pl.col("t_h"))
+        out.append((fit + pl.col("off_VCD_mu_fit").clip(-0.1, 0.1) * remaining / math.log(10)).alias("tvc_log10_fit_proj"))
+    for sp, pv in data.controls.items():
+        if pv in data.online_tags:
+            out.append((pl.col(f"{pv}_mean_1h") - pl.col(f"sp_{sp}")).alias(f"{pv}_dev_sp_1h"))
+            out.append((pl.col(f"{pv}_mean_6h") - pl.col(f"sp_{sp}_avg")).alias(f"{pv}_dev_sp_6h"))
+    return out
+
+
+def feature_rows(data: PlantData, keep: pl.DataFrame | None = None) -> pl.DataFrame:
+    """Features for (batch_id, k_end) rows in `keep` (all rows when None), sorted by batch_id, k_end."""
+    ids = data.batches["batch_id"].to_list()
+    parts = []
+    for i in range(0, len(ids), _CHUNK):
+        part = data.select(ids[i:i + _CHUNK])
+        kp = None if keep is None else keep.filter(pl.col("batch_id").is_in(ids[i:i + _CHUNK]))
+        if kp is not None and kp.height == 0:
+            continue
+        parts.append(_chunk_features(part, kp))
+    if not parts:
+        return pl.DataFrame()
+    g = pl.concat(parts, how="diagonal_relaxed")
+    g = g.join(_static_features(data), on="batch_id", how="left", maintain_order="left")
+    g = g.with_columns(_derived(data))
+    drop = ("start_ts", "b0", "k", "transduction_h", "feed_h")
+    return g.drop([c for c in drop if c in g.columns]).sort("batch_id", "k_end")
+
+
+def rows_every(data: PlantData, step_min: int, first_h: float = 0.0) -> pl.DataFrame:
+    """(batch_id, k_end) every step_min minutes from first_h on, up to each batch's data end."""
+    per = step_min // data.bucket_min
+    if per < 1 or step_min % data.bucket_min:
+        raise ValueError(f"step_min = {step_min} must be a multiple of bucket_min = {data.bucket_min}")
+    g = _grid(data).filter(pl.col("k_end") % per == 0, pl.col("t_h") >= first_h)
+    return g.select("batch_id", pl.col("k_end").cast(pl.Int32))
+
+
+def rows_at_hours(data: PlantData, hours: Sequence[float]) -> pl.DataFrame:
+    """(batch_id, k_end) of the last bucket boundary at or before start + h, for each h inside the batch."""
+    g = _grid(data).select("batch_id", "k_end", "t_h")
+    hs = pl.DataFrame({"h": list(hours)}, schema={"h": pl.Float64})
+    return (g.join(hs, how="cross").filter(pl.col("t_h") <= pl.col("h"), pl.col("t_h") > pl.col("h") - 1.0)
+            .group_by("batch_id", "h").agg(pl.col("k_end").max()).select("batch_id", pl.col("k_end").cast(pl.Int32))
+            .unique().sort("batch_id", "k_end"))
+
+
+def as_of(data: PlantData, batch_id: str, t: datetime) -> pl.DataFrame:
+    """One feature row for a batch as known at t (t is floored to the bucket grid)."""
+    w = timedelta(minutes=data.bucket_min)
+    epoch = datetime(1970, 1, 1, tzinfo=t.tzinfo)
+    t_grid = epoch + ((t - epoch) // w) * w
+    d = data.truncate(batch_id, t_grid)
+    if d.batches.height == 0:
+        raise KeyError(f"unknown batch id: {batch_id}")
+    start = d.batches["start_ts"][0]
+    if t_grid <= start:
+        raise ValueError(f"{batch_id}: t = {t.isoformat()} is not after the batch start {start.isoformat()}")
+    d = _with_data_end(d, t_grid)
+    rows = _grid(d).select("batch_id", "k_end").tail(1)
+    return feature_rows(d, rows)
+
+
+def _with_data_end(d: PlantData, t: datetime) -> PlantData:
+    from dataclasses import replace
+
+    b = d.batches.with_columns(data_end=pl.lit(t, dtype=TS_DTYPE))
+    b = b.with_columns(data_h=(pl.col("data_end") - pl.col("start_ts")).dt.total_seconds() / 3600.0)
+    return replace(d, batches=b)
+
+
+def feature_columns(frame: pl.DataFrame, exclude: Iterable[str] = ()) -> list[str]:
+    """Model inputs of a feature frame: everything but keys, labels and bookkeeping columns."""
+    skip = {*KEYS, "data_h", "y", "log10_tvc", "kind_label", *exclude}
+    return [c for c in frame.columns if c not in skip]
