@@ -168,8 +168,9 @@ class ModbusConnector:
         except ConnectionException as exc:
             raise _Lost(f"connection lost: {exc}") from None
         except (ModbusIOException, TimeoutError) as exc:
-            if not client.connected:
-                raise _Lost(f"connection lost: {exc}") from None
+            if not client.connected:  # closed by the peer, or by pymodbus after several unanswered requests
+                raise _Lost(f"no reply within {self.endpoint.timeout_s:g} s and the connection closed ({exc})") \
+                    from None
             log.debug("%s: no reply to FC%d %d+%d", self.endpoint_id, block.function, block.start, block.count)
             return None
         except ModbusException as exc:

@@ -9,6 +9,7 @@ timestamp, so a restarted service can drop re-sent duplicates. A file that canno
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
@@ -96,8 +97,8 @@ class Spool:
     def read(self, sf: SpoolFile) -> pl.DataFrame:
         """The batch in a file; SpoolError names the file when it is unreadable or not samples."""
         try:
-            df = pl.read_ipc(sf.path, memory_map=False)
-        except Exception as exc:  # noqa: BLE001 - any decode failure means the same: this file is damaged
+            df = pl.read_ipc(io.BytesIO(sf.path.read_bytes()))  # bytes, not a memory map: the file is deleted soon
+        except (pl.exceptions.PolarsError, OSError) as exc:
             raise SpoolError(f"spool file {sf.path} is unreadable: {type(exc).__name__}: {exc}") from None
         if list(df.columns) != list(SAMPLE_SCHEMA) or df.height != sf.rows:
             raise SpoolError(f"spool file {sf.path} holds {df.height} rows with columns {df.columns}; expected "

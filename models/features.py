@@ -14,13 +14,11 @@ from datetime import datetime, timedelta
 import polars as pl
 
 from models.dataset import PlantData
+from models.online import online_features
 from plant.samples import TS_DTYPE
 
-WINDOWS_H = (1, 6, 24)
-PHASE_TAGS = ("TEMP", "PH", "DO")
 OFFLINE_ANALYTES = ("VCD", "VIAB", "GLC", "LAC", "GLN", "NH4", "PH", "CAR_PCT")
 KEYS = ("batch_id", "k_end", "t", "t_h")
-_CHUNK = 60  # batches per pass; the full grid of 300 batches x 200 columns would not need to exist at once
 
 
 def _grid(data: PlantData) -> pl.DataFrame:
@@ -34,81 +32,6 @@ def _grid(data: PlantData) -> pl.DataFrame:
     return g.with_columns(t=t).with_columns(
         t_h=(pl.col("t") - pl.col("start_ts")).dt.total_seconds() / 3600.0, k_end=pl.col("k") + 1,
     ).sort("batch_id", "k")
-
-
-def _wide_buckets(data: PlantData, grid: pl.DataFrame) -> pl.DataFrame:
-    cols = ("n_good", "n_bad", "s1", "s2", "vmin", "vmax")
-    out = grid.select("batch_id", "k")
-    ids = grid["batch_id"].unique()
-    bk = data.buckets.filter(pl.col("batch_id").is_in(ids))
-    for tag in data.online_tags:
-        part = bk.filter(pl.col("tag") == tag).select("batch_id", "k", *[pl.col(c).alias(f"{tag}|{c}") for c in cols])
-        out = out.join(part, on=["batch_id", "k"], how="left", maintain_order="left")
-    return out
-
-
-def _window_sums(tag: str, w_rows: int, kk: pl.Expr) -> list[pl.Expr]:
-    """Sums over the last w_rows buckets (this one included) by cumulative-sum differences per batch."""
-    n = pl.col(f"{tag}|n_good").fill_null(0).cast(pl.Float64)
-    s1 = pl.col(f"{tag}|s1").fill_null(0.0)  # a sum over no samples is 0; means stay null below via n == 0
-    terms = {"n": n, "s1": s1, "s2": pl.col(f"{tag}|s2").fill_null(0.0), "nk": n * kk, "nk2": n * kk * kk,
-             "ks1": kk * s1, "bad": pl.col(f"{tag}|n_bad").fill_null(0).cast(pl.Float64)}
-    out = []
-    for name, e in terms.items():
-        c = e.cum_sum().over("batch_id")
-        out.append((c - c.shift(w_rows).over("batch_id").fill_null(0.0)).alias(f"_{tag}_{w_rows}_{name}"))
-    return out
-
-
-def _tag_features(tag: str, rows_per_h: int, kk: pl.Expr) -> tuple[list[pl.Expr], list[pl.Expr]]:
-    """(helper sums, features) of one online tag."""
-    helpers: list[pl.Expr] = []
-    feats: list[pl.Expr] = []
-    for wh in WINDOWS_H:
-        r = wh * rows_per_h
-        helpers += _window_sums(tag, r, kk)
-
-        def c(name: str, r: int = r) -> pl.Expr:
-            return pl.col(f"_{tag}_{r}_{name}")
-
-        ok = c("n") > 0
-        mean = c("s1") / c("n")
-        feats.append(pl.when(ok).then(mean).alias(f"{tag}_mean_{wh}h"))
-        den = c("n") * c("nk2") - c("nk") ** 2
-        slope = (c("n") * c("ks1") - c("nk") * c("s1")) / den * rows_per_h  # per hour
-        feats.append(pl.when(ok & (den > 1e-9)).then(slope).alias(f"{tag}_slope_{wh}h"))
-        feats.append(pl.when(c("n") + c("bad") > 0).then(c("bad") / (c("n") + c("bad"))).alias(f"{tag}_bad_{wh}h"))
-        if wh <= 6:
-            var = (c("s2") / c("n") - mean**2).clip(lower_bound=0.0)
-            feats.append(pl.when(c("n") > 1).then(var.sqrt()).alias(f"{tag}_sd_{wh}h"))
-    r6 = 6 * rows_per_h
-    feats.append(pl.col(f"{tag}|vmin").rolling_min(r6, min_samples=1).over("batch_id").alias(f"{tag}_min_6h"))
-    feats.append(pl.col(f"{tag}|vmax").rolling_max(r6, min_samples=1).over("batch_id").alias(f"{tag}_max_6h"))
-    has = pl.col(f"{tag}|n_good").fill_null(0) > 0
-    last = pl.when(has).then(pl.col(f"{tag}|s1") / pl.col(f"{tag}|n_good"))
-    feats.append(last.forward_fill().over("batch_id").alias(f"{tag}_last"))
-    last_k = pl.when(has).then(kk).forward_fill().over("batch_id")
-    feats.append(((kk - last_k) * (60.0 / rows_per_h)).alias(f"{tag}_age_min"))  # null: never seen
-    n_all = pl.col(f"{tag}|n_good").fill_null(0).cum_sum().over("batch_id")
-    s_all = pl.col(f"{tag}|s1").fill_null(0.0).cum_sum().over("batch_id")
-    feats.append(pl.when(n_all > 0).then(s_all / n_all).alias(f"{tag}_mean_all"))
-    return helpers, feats
-
-
-def _phase_features(data: PlantData, kk: pl.Expr, rows_per_h: int) -> list[pl.Expr]:
-    hour = (kk + 1) / rows_per_h  # approximate culture hour at the end of the bucket
-    phases = {"act": hour <= pl.col("transduction_h"),
-              "trd": (hour > pl.col("transduction_h")) & (hour <= pl.col("feed_h")),
-              "exp": hour > pl.col("feed_h")}
-    out = []
-    for tag in PHASE_TAGS:
-        if tag not in data.online_tags:
-            continue
-        for name, mask in phases.items():
-            n = pl.when(mask).then(pl.col(f"{tag}|n_good").fill_null(0)).otherwise(0).cum_sum().over("batch_id")
-            s = pl.when(mask).then(pl.col(f"{tag}|s1").fill_null(0.0)).otherwise(0.0).cum_sum().over("batch_id")
-            out.append(pl.when(n > 0).then(s / n).alias(f"{tag}_phase_{name}"))
-    return out
 
 
 def _setpoint_features(data: PlantData, grid: pl.DataFrame) -> pl.DataFrame:
@@ -198,25 +121,12 @@ def _static_features(data: PlantData) -> pl.DataFrame:
     return b.join(cov, on="batch_id", how="left")
 
 
-def _chunk_features(data: PlantData, keep: pl.DataFrame | None) -> pl.DataFrame:
-    rows_per_h = 60 // data.bucket_min
-    grid = _grid(data)
-    kk = pl.col("k").cast(pl.Float64)
-    wide = _wide_buckets(data, grid)
-    helpers, feats = [], []
-    for tag in data.online_tags:
-        h, f = _tag_features(tag, rows_per_h, kk)
-        helpers += h
-        feats += f
-    g = pl.concat([grid, wide.drop("batch_id", "k")], how="horizontal")
-    g = g.with_columns(helpers).with_columns(feats + _phase_features(data, kk, rows_per_h))
-    g = g.drop([c for c in g.columns if c.startswith("_") or "|" in c])
-    if keep is not None:
-        g = g.join(keep, on=["batch_id", "k_end"], how="semi", maintain_order="left")
+def _features(data: PlantData, keep: pl.DataFrame) -> pl.DataFrame:
+    g = _grid(data).join(keep, on=["batch_id", "k_end"], how="semi", maintain_order="left")
+    g = pl.concat([g, online_features(data, g.select("batch_id", "k"))], how="horizontal")
     g = g.join(_setpoint_features(data, g), on=["batch_id", "k"], how="left", maintain_order="left")
-    g = g.join(_offline_features(data, g, _ph_online_at_samples(data)), on=["batch_id", "k"], how="left",
-               maintain_order="left")
-    return g
+    return g.join(_offline_features(data, g, _ph_online_at_samples(data)), on=["batch_id", "k"], how="left",
+                  maintain_order="left")
 
 
 def _derived(data: PlantData) -> list[pl.Expr]:
@@ -242,19 +152,10 @@ def _derived(data: PlantData) -> list[pl.Expr]:
     return out
 
 
-def feature_rows(data: PlantData, keep: pl.DataFrame | None = None) -> pl.DataFrame:
-    """Features for (batch_id, k_end) rows in `keep` (all rows when None), sorted by batch_id, k_end."""
-    ids = data.batches["batch_id"].to_list()
-    parts = []
-    for i in range(0, len(ids), _CHUNK):
-        part = data.select(ids[i:i + _CHUNK])
-        kp = None if keep is None else keep.filter(pl.col("batch_id").is_in(ids[i:i + _CHUNK]))
-        if kp is not None and kp.height == 0:
-            continue
-        parts.append(_chunk_features(part, kp))
-    if not parts:
-        return pl.DataFrame()
-    g = pl.concat(parts, how="diagonal_relaxed")
+def feature_rows(data: PlantData, keep: pl.DataFrame) -> pl.DataFrame:
+    """Features for the (batch_id, k_end) rows in `keep`, sorted by batch_id, k_end."""
+    keep = keep.select("batch_id", pl.col("k_end").cast(pl.Int32))
+    g = _features(data.select(keep["batch_id"].unique()), keep)
     g = g.join(_static_features(data), on="batch_id", how="left", maintain_order="left")
     g = g.with_columns(_derived(data))
     drop = ("start_ts", "b0", "k", "transduction_h", "feed_h")
@@ -305,5 +206,5 @@ def _with_data_end(d: PlantData, t: datetime) -> PlantData:
 
 def feature_columns(frame: pl.DataFrame, exclude: Iterable[str] = ()) -> list[str]:
     """Model inputs of a feature frame: everything but keys, labels and bookkeeping columns."""
-    skip = {*KEYS, "data_h", "y", "log10_tvc", "kind_label", *exclude}
+    skip = {"batch_id", "k_end", "t", "data_h", "y", "ignore", "kind", "log10_tvc", *exclude}
     return [c for c in frame.columns if c not in skip]

@@ -40,7 +40,7 @@ async def plant(tmp_path_factory):
     site = parse_site(text, source="test-site.toml")
     pki = tmp_path_factory.mktemp("opcua") / "pki"
     servers = PlantServers(site, LiveTwin(site, 7, T0), pki, USERS, modbus=False)
-    servers.preroll(640)  # every unit has a batch
+    servers.preroll(370)  # BR01-BR05 run a batch (units start 90 min apart)
     await servers.start()
     await servers.step()
     yield Plant(text, pki, servers)

@@ -11,6 +11,7 @@ engineers only; a write is range-checked before it is accepted and then handed t
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 from collections.abc import Iterable
@@ -183,6 +184,7 @@ class UnitOpcUaServer:
         self.node_ids: dict[str, ua.NodeId] = {}
         self._sp_nodes: dict[ua.NodeId, Tag] = {}
         self.running = False
+        self.started_at = self.stopped_at = math.nan  # loop times, for outage accounting
 
     async def init(self) -> None:
         """Build the address space and security (Server.init takes ~3 s)."""
@@ -214,10 +216,12 @@ class UnitOpcUaServer:
         assert self.server is not None
         await self.server.start()
         self.running = True
+        self.started_at = asyncio.get_running_loop().time()
         log.info("%s: OPC UA server on %s (%d tags)", self.endpoint.id, self.url, len(self.tags))
 
     async def stop(self) -> None:
         self.running = False
+        self.stopped_at = asyncio.get_running_loop().time()
         if self.server is not None:
             await self.server.stop()
             self.server = None

@@ -1,0 +1,106 @@
+"""A small live plant for the panel's tests and benchmark: twin history, then a live tail with batches
+running, users for every role, alarms replayed, a deviation and one pending recommendation.
+
+The live twin keeps records only of finished batches; a running batch's record is opened here when it
+starts and completed when it finishes, as a plant's batch record system would.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+from argon2 import PasswordHasher
+
+from plant.alarms import AlarmEngine, AlarmJournal, windows_from_batches
+from plant.alarms.replay import replay
+from plant.audit import AuditTrail
+from plant.deviations import Deviations
+from plant.historian import Historian
+from plant.identity import LocalPasswords
+from plant.recommendations import Recommendation, RecommendationStore
+from plant.records import BatchRecord, Records
+from plant.sim.history import generate_history
+from plant.sim.live import LiveTwin
+from plant.site import Site, load_demo_site
+from plant.users import Users
+
+UTC = timezone.utc
+IDENTITY_FILE = Path(__file__).with_name("identity_fast.toml")  # the same argon2 costs as FAST
+FAST = LocalPasswords(PasswordHasher(time_cost=1, memory_cost=8192, parallelism=1))
+USERS = {  # username: (full name, role, password)
+    "root": ("Ada Admin", "admin", "admin-pass-9876"),
+    "olga": ("Olga Operator", "operator", "operate-pass-1234"),
+    "ed": ("Ed Engineer", "engineer", "engine-pass-1234"),
+    "quinn": ("Quinn QA", "qa", "quality-pass-1234"),
+    "dana": ("Dana Scientist", "data_scientist", "science-pass-1234"),
+}
+BY_ROLE = {role: name for name, (_, role, _) in USERS.items()}
+
+
+@dataclass(frozen=True, slots=True)
+class Scenario:
+    data: Path
+    history_end: datetime
+    now: datetime
+    running: dict[str, str]  # unit -> batch id running at `now`
+    recommendation_id: str
+    deviation_id: str
+
+
+def live_tail(site: Site, data: Path, start: datetime, hours: float, seed: int) -> dict[str, str]:
+    """Run the live twin for `hours` after `start` into data/; returns unit -> batch running at the end."""
+    twin = LiveTwin(site, seed, start)
+    hist = Historian(data / "historian")
+    opened: set[str] = set()
+    with Records.open(data / "records.db") as records, hist.writer(max_rows=200_000, max_age_s=3600) as writer:
+        for _ in range(int(hours * 60)):
+            writer.append(twin.step())
+            for plan in twin.started:
+                if plan.batch_id not in opened:
+                    opened.add(plan.batch_id)
+                    end = plan.start + timedelta(hours=plan.harvest_h)
+                    records.add_batches([BatchRecord(plan.batch_id, plan.unit, site.info.code, plan.recipe,
+                                                     plan.batch_kind, plan.start, end)])
+            done = twin.take_records()
+            for b in done.batches:
+                records.update_batch(b.batch_id, end_ts=b.end_ts, status=b.status, disposition=b.disposition)
+            done.batches.clear()
+            done.store(records)
+    return {s.unit: s.batch_id for s in twin.status() if s.batch_id}
+
+
+def build(data: Path, batches: int = 10, seed: int = 3, live_hours: float = 30.0, workers: int = 1) -> Scenario:
+    """Generate the whole scenario into `data` (about 15-25 s for the defaults)."""
+    site = load_demo_site()
+    result = generate_history(site, data, batches, seed, workers=workers)
+    running = live_tail(site, data, result.end, live_hours, seed)
+    now = result.end + timedelta(hours=live_hours)
+    with Records.open(data / "records.db") as records:
+        audit = AuditTrail(records)
+        users = Users(records, audit, identity=FAST)
+        users.init_admin("root", *USERS["root"][:1], USERS["root"][2])
+        for name, (full, role, pw) in USERS.items():
+            if name != "root":
+                users.create("root", name, full, role, pw)
+        journal = AlarmJournal(records)
+        devs = Deviations(records, audit, users, site)
+        engine = AlarmEngine(site, journal=journal, audit=audit, users=users,
+                             unit_windows=windows_from_batches(records.batches()), listeners=[devs.on_alarm])
+        replay(Historian(data / "historian"), engine, result.end - timedelta(hours=6), now)
+        unit = sorted(running)[0]
+        batch = running[unit]
+        olga = users.authenticate("olga", USERS["olga"][2])
+        dev = devs.open(olga, f"{unit}: culture bag wrinkle seen at inspection",
+                        "Operator saw a fold in the bag during the daily check; no leak found.",
+                        now - timedelta(hours=2), owner=unit, reason="found at daily inspection")
+        [rec_id] = RecommendationStore(records).add([recommendation(batch, unit, now)])
+    return Scenario(data, result.end, now, running, rec_id, dev.deviation_id)
+
+
+def recommendation(batch_id: str, unit: str, now: datetime, proposed: float = 37.5) -> Recommendation:
+    """A pending temperature-setpoint advice with its interval and drivers."""
+    return Recommendation(batch_id, unit, "TEMP_SP", 37.0, proposed, 0.06, 0.02, 0.11, -0.02,
+                          (("temp_mean_24h", 0.09), ("vcd_slope_24h", 0.04), ("ph_mean_24h", -0.02)),
+                          "batch_yield/1", "cd" * 32, now - timedelta(minutes=20))
