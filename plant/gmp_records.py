@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 from sqlalchemy import Connection
@@ -37,7 +38,8 @@ def file_hash(path: str | Path) -> str:
 def record_recommendation_decision(users: Users, username: str, password: str,
                                    recommendation_id: str, batch_id: str, decision: str,
                                    recommendation: object, reason: str = "",
-                                   modified_to: object = None) -> Signature:
+                                   modified_to: object = None,
+                                   also: Callable[[Connection, Signature], None] | None = None) -> Signature:
     """A human's signed decision on a recommendation: accepted, modified (to what) or rejected.
 
     Needs "recommendation.decide"; modified/rejected need a reason. The signature (meaning =
@@ -59,6 +61,8 @@ def record_recommendation_decision(users: Users, username: str, password: str,
                            {"decision": decision, "batch_id": batch_id,
                             "modified_to": modified_to, "signature_id": sig.id}, reason,
                            conn=conn)
+        if also is not None:  # e.g. the recommendation's status, in the same transaction
+            also(conn, sig)
 
     return users.sign(username, password, decision, "recommendation", recommendation_id, record,
                       reason, permission="recommendation.decide", on_signed=store)

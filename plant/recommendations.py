@@ -1,8 +1,8 @@
 """Setpoint recommendations as frozen records, and the signed human decision on each of them.
 
 A recommender proposes (models/recommend.py); a person accepts, modifies or rejects with a
-reason and an e-signature (plant.gmp_records.record_recommendation_decision): the signature and
-its audit entry are stored together; the recommendation's status follows right after.
+reason and an e-signature (plant.gmp_records.record_recommendation_decision). The signature, its
+audit entry and the recommendation's new status are stored in one transaction.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 
 import polars as pl
-from sqlalchemy import Column, Float, Index, Integer, String, Table, Text, select, update
+from sqlalchemy import Column, Connection, Float, Index, Integer, String, Table, Text, select, update
 
 from plant.gmp_records import record_recommendation_decision
 from plant.records import Records, UTCDateTime, metadata
@@ -145,14 +145,18 @@ class RecommendationStore:
         rec, status = self.get(rec_id)
         if status != "pending":
             raise ValueError(f"recommendation {rec_id} is already {status}")
-        sig = record_recommendation_decision(users, username, password, rec_id, rec.batch_id, decision, rec.shown(),
-                                             reason, modified_to)
         applied = rec.proposed if decision == "accepted" else modified_to
-        with self.records.engine.begin() as conn:
-            conn.execute(update(recommendations_table).where(recommendations_table.c.id == rec_id).values(
+
+        def set_status(conn: Connection, sig: Signature) -> None:
+            done = conn.execute(update(recommendations_table).where(
+                (recommendations_table.c.id == rec_id) & (recommendations_table.c.status == "pending")).values(
                 status=decision, decided_by=username, decided_ts=sig.ts, applied_value=applied, reason=reason,
                 signature_id=sig.id))
-        return sig
+            if done.rowcount != 1:  # decided by someone else meanwhile: roll the signature back too
+                raise ValueError(f"recommendation {rec_id} was decided meanwhile")
+
+        return record_recommendation_decision(users, username, password, rec_id, rec.batch_id, decision, rec.shown(),
+                                              reason, modified_to, also=set_status)
 
 
 def _dtype(col: Column) -> pl.DataType:
