@@ -147,6 +147,7 @@ def plant_live(speed: float, hours: float, seed: int, out: Path, site_path: str 
     from datetime import timedelta
 
     from plant.sim.live import LiveTwin
+    from plant.sim.live_records import LiveRecorder
 
     site_obj = _site(site_path)
     t0 = _parse_start(start) or datetime.now(timezone.utc).replace(second=0, microsecond=0)
@@ -154,13 +155,15 @@ def plant_live(speed: float, hours: float, seed: int, out: Path, site_path: str 
     hist = Historian(out / "historian")
     records = Records.open(out / "records.db")
     writer = hist.writer(max_rows=50_000, max_age_s=2.0)
+    recorder = LiveRecorder(records, twin)
     count = 0
 
     def sink(frame) -> None:
         nonlocal count
         writer.append(frame)
         count += frame.height
-        _store(records, twin)
+        if twin.now.minute % 15 == 0:  # records follow at a 15-minute pace; harvests are caught the same way
+            recorder.sync()
 
     try:
         asyncio.run(twin.run(speed, sink, until=t0 + timedelta(hours=hours)))
@@ -168,15 +171,9 @@ def plant_live(speed: float, hours: float, seed: int, out: Path, site_path: str 
         click.echo("stopping", err=True)
     finally:
         writer.close()
-        _store(records, twin)
+        recorder.sync()
         records.close()
     click.echo(f"live twin: {count:,} samples up to {twin.now:%Y-%m-%d %H:%M} UTC -> {out}")
-
-
-def _store(records: Records, twin) -> None:
-    done = twin.take_records()
-    if done.batches:
-        done.store(records)
 
 
 @cli.command()
@@ -205,6 +202,7 @@ from cellwatch.users_cli import users as _users_group; cli.add_command(_users_gr
 from cellwatch.alarms_cli import alarms_group, deviations_group; cli.add_command(alarms_group)  # noqa: E402
 cli.add_command(deviations_group)
 from cellwatch.connectors_cli import ingest, plant_serve; cli.add_command(ingest); plant.add_command(plant_serve)  # noqa: E402,E501
+from cellwatch.panel_cli import panel as _panel_cmd; cli.add_command(_panel_cmd)  # noqa: E402
 
 
 _EXPECTED = (SiteError, HistorianError, OSError, ValueError, KeyError)
