@@ -200,13 +200,20 @@ class IngestService:
         self._publish_depth()
 
     async def _writer(self) -> None:
-        delay = self.settings.flush_s
+        # Samples are made durable every flush_s whatever the historian does; only commits back off.
+        loop = asyncio.get_running_loop()
+        flush_s, due, retry_at, delay = self.settings.flush_s, loop.time(), 0.0, 0.0
         while True:
-            await asyncio.sleep(delay)
+            due = max(due + flush_s, loop.time())  # when behind, go on from now rather than burst
+            await asyncio.sleep(due - loop.time())
             await self._flush()
-            ok = await self._commit()
+            if loop.time() >= retry_at:
+                if await self._commit():
+                    delay = 0.0
+                else:
+                    delay = min(self.settings.retry_max_s, max(0.5, delay * 2))
+                    retry_at = loop.time() + delay
             await self._store_events()
-            delay = self.settings.flush_s if ok else min(self.settings.retry_max_s, max(delay * 2, 0.5))
 
     async def _flush(self) -> None:
         """Make the received samples durable in the spool (they are accepted once this returns)."""
@@ -214,9 +221,8 @@ class IngestService:
             return
         batch, self._pending = self._pending, []
         since, self._pending_since = self._pending_since, None
-        df = samples_to_frame(batch)
         try:
-            sf = await asyncio.to_thread(self.spool.append, df)
+            df, sf = await asyncio.to_thread(self._spool_samples, batch)
         except OSError as exc:  # spool disk full too: keep them in memory and try again next tick
             log.error("cannot write the spool %s: %s; %d samples held in memory", self.spool.root, exc, len(batch))
             self._pending = batch + self._pending
@@ -225,6 +231,10 @@ class IngestService:
         self._cache[sf.seq] = df
         self._accepted_at[sf.seq] = since or time.monotonic()
         self._publish_depth()
+
+    def _spool_samples(self, batch: list[Sample]) -> tuple[pl.DataFrame, SpoolFile]:
+        df = samples_to_frame(batch)  # in the worker thread too: building a frame from objects takes time
+        return df, self.spool.append(df)
 
     async def _commit(self) -> bool:
         """Append the spooled batches to the historian in order; False when the historian refused."""

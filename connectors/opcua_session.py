@@ -40,9 +40,10 @@ class ClientSecurity:
 async def make_client(endpoint: Endpoint, sec: ClientSecurity) -> Client:
     """An asyncua Client with auto-reconnect, security and credentials from the endpoint's config."""
     # auto_reconnect: asyncua re-activates or re-creates the session and its subscriptions; backoff capped.
-    # The watchdog probe must answer within watchdog_intervall: 1 s misfires on a busy 2-core box, so >= 2 s.
+    # The watchdog probe must answer within watchdog_intervall; a short one misfires on a busy machine and a
+    # needless reconnect loses the values in flight. A closed socket is still seen at once; a hung server in <= 2x.
     client = Client(endpoint.url or "", timeout=max(2.0, endpoint.timeout_s),
-                    watchdog_intervall=max(2.0, endpoint.timeout_s), auto_reconnect=True,
+                    watchdog_intervall=max(5.0, 2 * endpoint.timeout_s), auto_reconnect=True,
                     reconnect_max_delay=endpoint.backoff_max_s)
     client.application_uri = sec.application_uri
     client.name = client.description = "cellwatch ingest"

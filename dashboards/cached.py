@@ -43,20 +43,21 @@ def rooms(data: str, now: datetime) -> list[q.RoomView]:
 
 
 @st.cache_data(**_LIVE)
-def trend(data: str, tags: tuple[str, ...], start: datetime, end: datetime, points: int = 600) -> pl.DataFrame:
-    return q.trend(_plant(data), tags, start, end, points)
+def trend(data: str, source: str, tags: tuple[str, ...], start: datetime, end: datetime,
+          points: int = 600) -> pl.DataFrame:
+    return q.trend(_plant(data).source(source), tags, start, end, points)
 
 
 @st.cache_data(**_SLOW)
-def batch_choices(data: str, now: datetime) -> list[BatchRecord]:
+def batch_choices(data: str, now: datetime) -> list[tuple[BatchRecord, str]]:
     return q.batch_choices(_plant(data), now)
 
 
 @st.cache_data(**_LIVE)
-def offline(data: str, batch_id: str) -> pl.DataFrame:
-    return q.offline(_plant(data), batch_id)
+def offline(data: str, source: str, batch_id: str) -> pl.DataFrame:
+    return q.offline(_plant(data).source(source), batch_id)
 
 
 @st.cache_data(**_LIVE)
-def setpoint_steps(data: str, tags: tuple[str, ...], start: datetime, end: datetime) -> pl.DataFrame:
-    return q.setpoint_steps(_plant(data), tags, start, end)
+def setpoint_steps(data: str, source: str, tags: tuple[str, ...], start: datetime, end: datetime) -> pl.DataFrame:
+    return q.setpoint_steps(_plant(data).source(source), tags, start, end)

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import altair as alt
 import polars as pl
+import streamlit as st
 
 from dashboards.queries import bands
 from plant.site import Tag
@@ -11,6 +14,12 @@ from plant.site import Tag
 # Colours carry meaning: red action, amber alert, green PAR, blue process value, grey setpoint.
 ACTION, ALERT, PAR, VALUE, SETPOINT = "#c62828", "#ef8f00", "#2e7d32", "#1f77b4", "#616161"
 _T = alt.X("ts:T", title="time (UTC)", scale=alt.Scale(type="utc"), axis=alt.Axis(format="%d %b %H:%M"))
+
+
+def show(chart: alt.TopLevelMixin, where: Any = None, width: str = "stretch") -> None:
+    """Draw a chart. The spec is built without Altair's JSON-schema validation, which cost more than the
+    rest of a page's server time; the charts here are fixed code, checked by the tests instead."""
+    (where or st).vega_lite_chart(chart.to_dict(validate=False), width=width)
 
 
 def _limit_rules(tag: Tag) -> pl.DataFrame:
@@ -31,7 +40,7 @@ def trend_chart(values: pl.DataFrame, tag: Tag, setpoint: pl.DataFrame | None = 
             y="low:Q", y2="high:Q", tooltip=[alt.Tooltip("low:Q", title="PAR low"), alt.Tooltip("high:Q", title="PAR high")]))
     limits = _limit_rules(tag)
     if limits.height:
-        colour = alt.Color("limit:N", title="limit", scale=alt.Scale(
+        colour = alt.Color("limit:N", legend=None, scale=alt.Scale(
             domain=["action low", "alert low", "alert high", "action high"], range=[ACTION, ALERT, ALERT, ACTION]))
         layers.append(alt.Chart(limits).mark_rule(strokeDash=[5, 4]).encode(y="value:Q", color=colour,
                                                                            tooltip=["limit:N", "value:Q"]))

@@ -9,7 +9,7 @@ from datetime import datetime, timedelta, timezone
 import polars as pl
 from sqlalchemy import func, select
 
-from dashboards.context import Plant
+from dashboards.context import Plant, Source
 from plant.alarms.journal import JOURNAL_SCHEMA, journal_table
 from plant.records import BatchRecord
 from plant.site import ANNEX1_PARTICLE_LIMITS, Recipe, Site, Tag
@@ -227,11 +227,10 @@ def batch_window(batch: BatchRecord, now: datetime) -> tuple[datetime, datetime]
     return batch.start_ts, end + timedelta(minutes=1)
 
 
-def trend(plant: Plant, tags: Sequence[str], start: datetime, end: datetime, points: int = 600) -> pl.DataFrame:
+def trend(src: Source, tags: Sequence[str], start: datetime, end: datetime, points: int = 600) -> pl.DataFrame:
     """Mean per bucket (about `points` buckets) of tags in [start, end): ts, tag, value."""
     minutes = max(1, int((end - start).total_seconds() / 60 / points))
-    every = f"{minutes}m"
-    out = plant.historian.resample(list(tags), start, end, every=every, agg="mean")
+    out = src.historian.resample(list(tags), start, end, every=f"{minutes}m", agg="mean")
     return out.select("ts", "tag", "value")
 
 
@@ -242,18 +241,22 @@ def bands(tag: Tag) -> dict[str, float | None]:
             "par_high": tag.par[1] if tag.par else None}
 
 
-def offline(plant: Plant, batch_id: str) -> pl.DataFrame:
+def offline(src: Source, batch_id: str) -> pl.DataFrame:
     """Offline samples of a batch: ts, analyte, value, unit, method."""
-    return plant.records.offline_results(batch_id).drop("batch_id")
+    return src.records.offline_results(batch_id).drop("batch_id")
 
 
-def batch_choices(plant: Plant, now: datetime, limit: int = 60) -> list[BatchRecord]:
-    """Running batches first, then the most recent others."""
-    running = list(running_batches(plant, now).values())
-    ids = {b.batch_id for b in running}
-    recent = plant.records.batches().sort("start_ts", descending=True).head(limit)
-    others = [plant.records.get_batch(b) for b in recent["batch_id"] if b not in ids]
-    return sorted(running, key=lambda b: b.unit) + others
+def batch_choices(plant: Plant, now: datetime, limit: int = 60) -> list[tuple[BatchRecord, str]]:
+    """(batch, source name): running batches first, then the most recent others, live plant before history."""
+    running = sorted(running_batches(plant, now).values(), key=lambda b: b.unit)
+    out, seen = [(b, "live") for b in running], {b.batch_id for b in running}
+    for src in plant.sources():
+        recent = src.records.batches().sort("start_ts", descending=True).head(limit)
+        for row in recent.iter_rows(named=True):
+            if row["batch_id"] not in seen:
+                seen.add(row["batch_id"])
+                out.append((BatchRecord(**row), src.name))
+    return out
 
 
 # ------------------------------------------------------------------------------------------ alarms
@@ -286,9 +289,53 @@ def particle_limits(grade: str, size: str) -> tuple[float | None, float | None]:
     return lim["at_rest"][i], lim["in_operation"][i]
 
 
-def setpoint_steps(plant: Plant, tags: Sequence[str], start: datetime, end: datetime) -> pl.DataFrame:
+def setpoint_steps(src: Source, tags: Sequence[str], start: datetime, end: datetime) -> pl.DataFrame:
     """Setpoints as steps in [start, end): logged only on change, so the newest value is repeated at `end`."""
-    raw = plant.historian.read(list(tags), start - timedelta(hours=1), end).filter(pl.col("value").is_not_null())
+    raw = src.historian.read(list(tags), start - timedelta(hours=1), end).filter(pl.col("value").is_not_null())
     raw = raw.select("ts", "tag", "value").with_columns(pl.col("ts").clip(start, None))
     tail = raw.group_by("tag").last().with_columns(ts=pl.lit(end - timedelta(minutes=1), pl.Datetime("us", "UTC")))
     return pl.concat([raw, tail.select(raw.columns)]).sort("tag", "ts")
+
+
+# ------------------------------------------------------------------------------------------ cleanroom
+
+def particle_tags(site: Site) -> tuple[str, ...]:
+    """The Annex 1 particle tags of every room."""
+    return tuple(t.name for t in site.tags.values() if t.annex1)
+
+
+def particle_limit_rules(grade: str, size: str) -> pl.DataFrame:
+    """The Annex 1 limits of a grade and size as chart rules (label, value); a missing limit is left out."""
+    rest, operation = particle_limits(grade, size)
+    rows = [(f"grade {grade} at rest", rest), (f"grade {grade} in operation", operation)]
+    return pl.DataFrame([r for r in rows if r[1] is not None], schema={"label": pl.String(), "value": pl.Float64()},
+                        orient="row")
+
+
+def particle_summary(site: Site, values: pl.DataFrame) -> pl.DataFrame:
+    """Per room and size: the highest bucket mean against the Annex 1 limits (values: a `trend` frame)."""
+    peak = dict(values.group_by("tag").agg(pl.max("value")).iter_rows())
+    rows = []
+    for tag in (t for t in site.tags.values() if t.annex1):
+        grade = site.rooms[tag.owner].grade
+        rest, operation = particle_limits(grade, tag.annex1 or "0.5")
+        top = peak.get(tag.name)
+        ref = operation or rest
+        rows.append((tag.owner, grade, f">= {tag.annex1} um", top, rest, operation,
+                     None if top is None or not ref else 100.0 * top / ref))
+    schema = {"room": pl.String(), "grade": pl.String(), "size": pl.String(), "highest /m3": pl.Float64(),
+              "at rest limit": pl.Float64(), "in operation limit": pl.Float64(), "% of limit": pl.Float64()}
+    return pl.DataFrame(rows, schema=schema, orient="row").sort("grade", "room", "size")
+
+
+def cascade(site: Site, rooms: Sequence[RoomView]) -> pl.DataFrame:
+    """The pressure cascade, cleanest grade first: room, grade, dp, setpoint, alert, action."""
+    rows = []
+    for r in sorted(rooms, key=lambda r: (r.grade, r.room)):
+        dp = next((x.value for x in r.readings if x.short == "DP"), None)
+        tag = site.tags.get(f"{r.room}.DP")
+        rows.append((r.room, r.grade, dp, r.dp_setpoint_pa, tag.alert_low if tag else None,
+                     tag.action_low if tag else None))
+    return pl.DataFrame(rows, schema={"room": pl.String(), "grade": pl.String(), "dp": pl.Float64(),
+                                      "setpoint": pl.Float64(), "alert": pl.Float64(), "action": pl.Float64()},
+                        orient="row")

@@ -7,11 +7,10 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 
 import streamlit as st
 
-from dashboards.context import PanelConfigError, Plant, data_dir, open_plant
+from dashboards.context import PanelArgs, PanelConfigError, Plant, open_plant, panel_args
 from plant.audit_review import ReviewRequired
 from plant.deviations import DeviationError
 from plant.historian import HistorianError
@@ -56,13 +55,13 @@ def pages_for(role: str) -> list[PageSpec]:
 # ------------------------------------------------------------------------------------------ the plant
 
 @st.cache_resource(show_spinner=False, max_entries=4)
-def _plant(data: str) -> Plant:
-    return open_plant(Path(data))
+def _plant(key: str) -> Plant:
+    return open_plant(PanelArgs.parse(key))
 
 
 def plant() -> Plant:
     """The stores of the data folder this panel serves (opened once per process)."""
-    return _plant(str(data_dir(sys.argv[1:]).resolve()))
+    return _plant(data_key())
 
 
 def open_or_stop() -> Plant:
@@ -77,8 +76,8 @@ def open_or_stop() -> Plant:
 
 
 def data_key() -> str:
-    """The cache key of this panel's data folder (cached queries take it as their first argument)."""
-    return str(plant().data.resolve())
+    """The cache key of this panel's stores (cached queries take it as their first argument)."""
+    return panel_args(sys.argv[1:]).key()
 
 
 # ------------------------------------------------------------------------------------------ errors

@@ -19,16 +19,18 @@ from models.yield_model import culture_day
 
 
 class _Imputer:
-    """Median imputation and scaling fitted on training rows; constant columns get scale 1."""
+    """Median imputation, and clipping to the training range (0.5-99.5 %) so one wild value cannot explode."""
 
     def fit(self, x: np.ndarray) -> _Imputer:
-        with np.errstate(all="ignore"):
-            med = np.nanmedian(np.where(np.isfinite(x), x, np.nan), axis=0)
-        self.median_ = np.where(np.isfinite(med), med, 0.0)
+        x = np.where(np.isfinite(x), x, np.nan)
+        empty = np.all(np.isnan(x), axis=0)
+        x = np.where(empty, 0.0, x)  # all-missing columns: constant 0, dropped by scaling anyway
+        self.median_ = np.nanmedian(x, axis=0)
+        self.low_, self.high_ = np.nanquantile(x, 0.005, axis=0), np.nanquantile(x, 0.995, axis=0)
         return self
 
     def transform(self, x: np.ndarray) -> np.ndarray:
-        return np.where(np.isfinite(x), x, self.median_)
+        return np.clip(np.where(np.isfinite(x), x, self.median_), self.low_, self.high_)
 
 
 class PLSYield:
@@ -68,15 +70,18 @@ class PLSYield:
         return self
 
     def _choose(self, x: np.ndarray, y: np.ndarray, g: np.ndarray) -> int:
+        """Components by grouped CV; one fit per fold serves every count (NIPALS components are nested)."""
         folds = list(GroupKFold(min(self.cv_folds, len(np.unique(g)))).split(x, y, g))
-        best, best_nc = np.inf, 1
-        for nc in range(1, min(self.max_components, x.shape[1], len(y) - len(y) // self.cv_folds - 1) + 1):
-            err = 0.0
-            for tr, va in folds:
-                err += float(np.sum((PLSRegression(nc).fit(x[tr], y[tr]).predict(x[va]).ravel() - y[va]) ** 2))
-            if err < best:
-                best, best_nc = err, nc
-        return best_nc
+        top = min(self.max_components, x.shape[1], min(len(tr) for tr, _ in folds) - 1)
+        err = np.zeros(top)
+        for tr, va in folds:
+            pls = PLSRegression(top).fit(x[tr], y[tr])
+            scores = pls.transform(x[va])
+            y_sd = float(np.std(y[tr], ddof=1)) or 1.0
+            for k in range(1, top + 1):
+                pred = scores[:, :k] @ pls.y_loadings_[:, :k].T * y_sd + float(np.mean(y[tr]))
+                err[k - 1] += float(np.sum((pred.ravel() - y[va]) ** 2))
+        return int(np.argmin(err)) + 1
 
     def predict(self, X: pl.DataFrame) -> np.ndarray:  # noqa: N803
         """Each row by the model of its culture day (the nearest day with a model)."""

@@ -16,9 +16,9 @@ BASE_PARAMS: dict[str, Any] = {
 
 
 def train(params: dict[str, Any], x: np.ndarray, y: np.ndarray, n_rounds: int, init: np.ndarray | None = None,
-          names: list[str] | None = None) -> lgb.Booster:
+          names: list[str] | None = None, weight: np.ndarray | None = None) -> lgb.Booster:
     """Fit one booster on a dense matrix (NaN = missing)."""
-    ds = lgb.Dataset(x, y, init_score=init, feature_name=names or "auto", free_raw_data=True,
+    ds = lgb.Dataset(x, y, init_score=init, weight=weight, feature_name=names or "auto", free_raw_data=True,
                      params={"max_bin": params.get("max_bin", 63), "feature_pre_filter": False})
     return lgb.train({**BASE_PARAMS, **params}, ds, num_boost_round=max(1, n_rounds))
 

@@ -35,10 +35,10 @@ class ModelConfig:
 
     bucket_min: int = 10  # telemetry is aggregated in buckets aligned to the batch start
     yield_step_h: float = 6.0  # yield training rows: one per batch every this many hours
-    warning_horizon_h: float = 4.0  # label: a deviation starts within H hours (or is under way)
+    warning_horizon_h: float = 2.0  # label: a deviation starts within H hours (or is under way)
     warning_grace_h: float = 2.0  # alerts this long after a fault ends still count as detections
     warning_train_step_min: int = 30  # deviation training rows near faults
-    warning_quiet_step_min: int = 120  # deviation training rows far from any fault
+    warning_quiet_step_min: int = 360  # deviation training rows far from any fault
     target_false_alarms_per_batch_day: float = 0.10  # the alert threshold is chosen for this rate
     holdout_fraction: float = 0.20  # newest batches by start time form the locked hold-out
     interval: float = 0.80

@@ -23,6 +23,21 @@ DEFAULT_PARAMS: dict[str, Any] = {
     "feature_fraction": 0.7, "bagging_fraction": 0.8, "lambda_l2": 1.0,
 }
 MERGE_GAP_H = 1.0  # alerts closer than this belong to one alarm episode
+PERSIST_MIN = 20.0  # an alert is raised once the risk stayed above the threshold this long (alarm on-delay)
+
+
+def sustained(batch: np.ndarray, t_h: np.ndarray, on: np.ndarray, minutes: float = PERSIST_MIN) -> np.ndarray:
+    """on[i] and every row of the same batch in the `minutes` before it; rows sorted by (batch, time)."""
+    on = np.asarray(on, bool)
+    if minutes <= 0 or len(on) == 0:
+        return on
+    _, code = np.unique(batch, return_inverse=True)
+    order_key = code * 1e6 + t_h  # batches never share a window: culture time stays far below 1e6 h
+    if np.any(np.diff(order_key) < 0):
+        raise ValueError("rows must be sorted by batch and time")
+    j = np.searchsorted(order_key, order_key - minutes / 60.0 - 1e-9, side="left")
+    bad = np.r_[0, np.cumsum(~on)]
+    return (bad[np.arange(len(on)) + 1] - bad[j]) == 0
 
 
 def episode_starts(batch: np.ndarray, t_h: np.ndarray, on: np.ndarray, gap_h: float = MERGE_GAP_H) -> np.ndarray:
@@ -49,12 +64,12 @@ def batch_days(batch: np.ndarray, t_h: np.ndarray) -> float:
 
 
 def threshold_for_rate(p: np.ndarray, batch: np.ndarray, t_h: np.ndarray, excused: np.ndarray,
-                       target: float) -> float:
+                       target: float, persist_min: float = PERSIST_MIN) -> float:
     """Lowest threshold whose false-alarm rate is within target (scanning the predicted values)."""
     days = batch_days(batch, t_h)
     cands = np.unique(np.quantile(p, np.linspace(0.5, 1.0, 201)))
     for thr in cands:
-        if false_alarm_rate(batch, t_h, p >= thr, excused, days) <= target:
+        if false_alarm_rate(batch, t_h, sustained(batch, t_h, p >= thr, persist_min), excused, days) <= target:
             return float(thr)
     return float(np.nextafter(p.max(), np.inf))
 
@@ -74,22 +89,24 @@ class DeviationModel:
         return {**DEFAULT_PARAMS, **(self.params or {}), "seed": self.seed}
 
     def fit(self, X: pl.DataFrame, y: np.ndarray, groups: np.ndarray, excused: np.ndarray,  # noqa: N803
-            fit_mask: np.ndarray | None = None) -> DeviationModel:
+            fit_mask: np.ndarray | None = None, weight: np.ndarray | None = None) -> DeviationModel:
         """X: every row of the training batches (sorted by batch, time), y: 0/1, excused: y or just after a fault.
 
-        fit_mask: rows the booster learns from (default all); calibration and threshold use all rows.
+        fit_mask: rows the booster learns from (default all), with weights; calibration and threshold use all rows.
         """
         y = np.asarray(y, dtype=float)
         groups = np.asarray(groups)
         fit_mask = np.ones(len(y), bool) if fit_mask is None else np.asarray(fit_mask, bool)
         self.encoder_ = Encoder().fit(X)
         x = self.encoder_.transform(X)
+        w = np.ones(len(y)) if weight is None else np.asarray(weight, float)
         rows = np.flatnonzero(fit_mask)
-        self.booster_ = train(self._params(), x[rows], y[rows], self.n_rounds, names=self.encoder_.names_)
+        self.booster_ = train(self._params(), x[rows], y[rows], self.n_rounds, names=self.encoder_.names_,
+                              weight=w[rows])
         oof = np.full(len(y), np.nan)
         for idx in group_folds(groups, self.cv_folds):
             rest = np.setdiff1d(rows, idx)
-            oof[idx] = train(self._params(), x[rest], y[rest], self.n_rounds).predict(x[idx])
+            oof[idx] = train(self._params(), x[rest], y[rest], self.n_rounds, weight=w[rest]).predict(x[idx])
         excused = np.asarray(excused, bool)
         cal = ~(excused & (y == 0))  # rows just after a fault are neither normal nor faulty
         iso = IsotonicRegression(y_min=0.0, y_max=1.0, out_of_bounds="clip").fit(oof[cal], y[cal])
@@ -108,8 +125,9 @@ class DeviationModel:
         """Calibrated risk per row."""
         return self._calibrate(self.booster_.predict(self.encoder_.transform(X)))
 
-    def alerts(self, X: pl.DataFrame) -> np.ndarray:  # noqa: N803
-        return self.predict_proba(X) >= self.threshold_
+    def alerts(self, p: np.ndarray, batch: np.ndarray, t_h: np.ndarray) -> np.ndarray:
+        """Alerts of a timeline (rows sorted by batch, time): risk above threshold for PERSIST_MIN."""
+        return sustained(batch, t_h, np.asarray(p) >= self.threshold_)
 
     def contributions(self, X: pl.DataFrame) -> np.ndarray:  # noqa: N803
         """Per-row contributions to the raw (log-odds) score; last column = bias."""

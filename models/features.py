@@ -19,6 +19,9 @@ from plant.samples import TS_DTYPE
 
 OFFLINE_ANALYTES = ("VCD", "VIAB", "GLC", "LAC", "GLN", "NH4", "PH", "CAR_PCT")
 KEYS = ("batch_id", "k_end", "t", "t_h")
+# never model inputs: keys, targets, labels and training bookkeeping
+LABEL_COLUMNS = ("batch_id", "k_end", "t", "data_h", "y", "ignore", "kind", "event", "weight", "fit", "excused",
+                 "log10_tvc")
 
 
 def _grid(data: PlantData) -> pl.DataFrame:
@@ -206,5 +209,5 @@ def _with_data_end(d: PlantData, t: datetime) -> PlantData:
 
 def feature_columns(frame: pl.DataFrame, exclude: Iterable[str] = ()) -> list[str]:
     """Model inputs of a feature frame: everything but keys, labels and bookkeeping columns."""
-    skip = {"batch_id", "k_end", "t", "data_h", "y", "ignore", "kind", "log10_tvc", *exclude}
+    skip = {*LABEL_COLUMNS, *exclude}
     return [c for c in frame.columns if c not in skip]

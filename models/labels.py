@@ -27,16 +27,19 @@ def online_deviations(data: PlantData, no_signature: tuple[str, ...]) -> pl.Data
 
 
 def warning_labels(rows: pl.DataFrame, deviations: pl.DataFrame, horizon_h: float, grace_h: float) -> pl.DataFrame:
-    """rows (batch_id, t, ...) + y (a deviation starts within H h or is under way), ignore (just after one), kind.
+    """rows (batch_id, t, ...) + y (a deviation starts within H h or is under way), ignore (just after one),
+    kind and event (index of the deviation) of positive rows.
 
     Rows in [end, end + grace) are marked `ignore`: the process is recovering, neither normal nor faulty.
     """
     h = pl.duration(microseconds=int(horizon_h * 3600e6))
     g = pl.duration(microseconds=int(grace_h * 3600e6))
     key = rows.select("batch_id", "t").unique()
-    m = key.join(deviations.select("batch_id", "kind", "start_ts", "end_ts"), on="batch_id")
+    devs = deviations.select("batch_id", "kind", "start_ts", "end_ts").with_row_index("event")
+    m = key.join(devs, on="batch_id")
     pos = m.filter(pl.col("t") >= pl.col("start_ts") - h, pl.col("t") < pl.col("end_ts"))
-    pos = pos.sort("start_ts").group_by("batch_id", "t").agg(pl.col("kind").first().alias("kind"))
+    pos = pos.sort("start_ts", "event").group_by("batch_id", "t").agg(pl.col("kind").first(),
+                                                                      pl.col("event").first())
     ign = m.filter(pl.col("t") >= pl.col("end_ts"), pl.col("t") < pl.col("end_ts") + g).select("batch_id", "t").unique()
     out = rows.join(pos, on=["batch_id", "t"], how="left", maintain_order="left")
     out = out.join(ign.with_columns(ignore=pl.lit(True)), on=["batch_id", "t"], how="left", maintain_order="left")

@@ -87,6 +87,7 @@ def _tag_features(tag: str, cube: dict[str, np.ndarray], rows_per_h: int) -> dic
     f[f"{tag}_age_min"] = np.where(seen, (kk - last_k) * (60.0 / rows_per_h), np.nan)
     c_n, c_s = np.cumsum(n, axis=1), np.cumsum(s1, axis=1)
     f[f"{tag}_mean_all"] = _div(c_s, c_n, c_n > 0)
+    f[f"{tag}_step_1h_24h"] = f[f"{tag}_mean_1h"] - f[f"{tag}_mean_24h"]  # a sudden change (pump stops, CO2 gone)
     return f
 
 

@@ -54,6 +54,9 @@ def load_secrets(path: Path | None) -> dict:
     if path is None:
         return {}
     try:
+        mode = stat.S_IMODE(path.stat().st_mode)
+        if mode & 0o077:
+            raise SecretsError(f"{path}: readable by others (mode {mode:o}); run chmod 600 {path}")
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise SecretsError(f"{path}: cannot read secrets file: {exc.strerror or exc}") from None
@@ -103,9 +106,6 @@ def server_users(path: Path) -> dict[str, ServerUser]:
 def ensure_demo_secrets(path: Path, endpoint_ids: list[str]) -> bool:
     """Write a secrets file with random passwords if there is none; True when one was written."""
     if path.exists():
-        mode = stat.S_IMODE(path.stat().st_mode)
-        if mode & 0o077:
-            raise SecretsError(f"{path}: readable by others (mode {mode:o}); run chmod 600 {path}")
         return False
     ingest, engineer = secrets.token_urlsafe(18), secrets.token_urlsafe(18)
     lines = ["# cellwatch secrets (generated). Keep out of version control; owner-only (chmod 600).", ""]

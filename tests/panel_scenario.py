@@ -1,8 +1,6 @@
 """A small live plant for the panel's tests and benchmark: twin history, then a live tail with batches
-running, users for every role, alarms replayed, a deviation and one pending recommendation.
-
-The live twin keeps records only of finished batches; a running batch's record is opened here when it
-starts and completed when it finishes, as a plant's batch record system would.
+running (recorded as they go, as a plant's MES would), users for every role, alarms replayed, a deviation
+and one pending recommendation.
 """
 
 from __future__ import annotations
@@ -20,9 +18,10 @@ from plant.deviations import Deviations
 from plant.historian import Historian
 from plant.identity import LocalPasswords
 from plant.recommendations import Recommendation, RecommendationStore
-from plant.records import BatchRecord, Records
+from plant.records import Records
 from plant.sim.history import generate_history
 from plant.sim.live import LiveTwin
+from plant.sim.live_records import LiveRecorder
 from plant.site import Site, load_demo_site
 from plant.users import Users
 
@@ -53,21 +52,13 @@ def live_tail(site: Site, data: Path, start: datetime, hours: float, seed: int) 
     """Run the live twin for `hours` after `start` into data/; returns unit -> batch running at the end."""
     twin = LiveTwin(site, seed, start)
     hist = Historian(data / "historian")
-    opened: set[str] = set()
     with Records.open(data / "records.db") as records, hist.writer(max_rows=200_000, max_age_s=3600) as writer:
-        for _ in range(int(hours * 60)):
+        recorder = LiveRecorder(records, twin)
+        for minute in range(int(hours * 60)):
             writer.append(twin.step())
-            for plan in twin.started:
-                if plan.batch_id not in opened:
-                    opened.add(plan.batch_id)
-                    end = plan.start + timedelta(hours=plan.harvest_h)
-                    records.add_batches([BatchRecord(plan.batch_id, plan.unit, site.info.code, plan.recipe,
-                                                     plan.batch_kind, plan.start, end)])
-            done = twin.take_records()
-            for b in done.batches:
-                records.update_batch(b.batch_id, end_ts=b.end_ts, status=b.status, disposition=b.disposition)
-            done.batches.clear()
-            done.store(records)
+            if minute % 60 == 0:
+                recorder.sync()
+        recorder.sync()
     return {s.unit: s.batch_id for s in twin.status() if s.batch_id}
 
 
@@ -89,7 +80,7 @@ def build(data: Path, batches: int = 10, seed: int = 3, live_hours: float = 30.0
         engine = AlarmEngine(site, journal=journal, audit=audit, users=users,
                              unit_windows=windows_from_batches(records.batches()), listeners=[devs.on_alarm])
         replay(Historian(data / "historian"), engine, result.end - timedelta(hours=6), now)
-        unit = sorted(running)[0]
+        unit = min(running)
         batch = running[unit]
         olga = users.authenticate("olga", USERS["olga"][2])
         dev = devs.open(olga, f"{unit}: culture bag wrinkle seen at inspection",

@@ -3,7 +3,7 @@ harvest) and every room (grade, state, status); refreshes itself every few secon
 
 import streamlit as st
 
-from dashboards import cached, ui, views
+from dashboards import cached, charts, ui, views
 
 ui.guard("overview")
 st.title("Plant overview")
@@ -20,7 +20,7 @@ def live() -> None:
             return
         units, rooms = cached.units(data, now), cached.rooms(data, now)
         st.caption(f"Data time {now:%Y-%m-%d %H:%M} UTC · updates every {ui.REFRESH_S:g} s")
-        st.altair_chart(views.status_grid(units, rooms), width="stretch")
+        charts.show(views.status_grid(units, rooms))
         views.unit_cards(units, views.harvest_forecasts(units, now))
         st.subheader("Rooms")
         st.dataframe(views.rooms_table(rooms), hide_index=True, width="stretch")
