@@ -31,6 +31,7 @@ import numpy as np
 
 from connectors.ingest import IngestService, IngestSettings
 from connectors.modbus import ModbusConnector
+from connectors.opcua import queue_size
 from connectors.opcua_session import ClientSecurity, make_client, resolve
 from plant.historian import Historian
 from plant.secrets import Credentials, ServerUser
@@ -137,8 +138,8 @@ def spawn(args: list[str]) -> subprocess.Popen:
 
 
 async def raw_rate(site: Site, sec: ClientSecurity, endpoints: list[str], warm: float,
-                   window: float) -> tuple[float, float, float]:
-    """(notifications/s, p50, p99 of receive time - ServerTimestamp) of a bare asyncua client (the ceiling)."""
+                   window: float) -> tuple[float, float, float, float]:
+    """(notifications/s, p50, p99 of receive time - ServerTimestamp, CPU share) of a bare asyncua client."""
     counts = dict.fromkeys(endpoints, 0)
     clients, tasks, lat = [], [], []
     measuring = False
@@ -156,32 +157,33 @@ async def raw_rate(site: Site, sec: ClientSecurity, endpoints: list[str], warm: 
         tags = [t for t in site.tags.values() if t.opcua and t.opcua.endpoint == ep_id]
         nodes, _ = await resolve(client, ep, tags)
         sub = await client.create_subscription(ep.interval_ms, None, queue_maxsize=0)
-        await sub.subscribe_data_change([client.get_node(n) for n in nodes.values()], queuesize=40)
+        await sub.subscribe_data_change([client.get_node(n) for n in nodes.values()],  # same queue as ingest
+                                        queuesize=queue_size(ep.interval_ms, tags[0].opcua.sampling_ms))
         clients.append(client)
         tasks.append(asyncio.create_task(drain(ep_id, sub)))
     await asyncio.sleep(warm)
-    start, measuring = sum(counts.values()), True
+    start, measuring, cpu = sum(counts.values()), True, time.process_time()
     await asyncio.sleep(window)
-    got = sum(counts.values()) - start
+    got, cpu = sum(counts.values()) - start, time.process_time() - cpu
     for t in tasks:
         t.cancel()
     for c in clients:
         await c.disconnect()
-    return got / window, float(np.percentile(lat, 50)), float(np.percentile(lat, 99))
+    return got / window, float(np.percentile(lat, 50)), float(np.percentile(lat, 99)), cpu / window
 
 
 async def ingest_rate(site: Site, pki: Path, secrets: Path, endpoints: list[str], root: Path, warm: float,
-                      window: float) -> tuple[float, float, float]:
-    """(values/s committed, p50, p99 latency in s) of the ingest service on the same servers."""
+                      window: float) -> tuple[float, float, float, float]:
+    """(values/s committed, p50, p99 latency in s, CPU share incl. writer threads) of the ingest service."""
     svc = IngestService(site, Historian(root / "historian"), root / "spool", None, pki, secrets,
                         IngestSettings(flush_s=0.25, metrics_port=None, compact_s=0, record_latency=True), endpoints)
     await svc.start()
     await asyncio.sleep(warm)
-    n0, l0 = svc.committed_total, len(svc.latencies)
+    n0, l0, cpu = svc.committed_total, len(svc.latencies), time.process_time()
     await asyncio.sleep(window)
-    n1, lat = svc.committed_total, np.array(svc.latencies[l0:])
+    n1, lat, cpu = svc.committed_total, np.array(svc.latencies[l0:]), time.process_time() - cpu
     await svc.stop()
-    return (n1 - n0) / window, float(np.percentile(lat, 50)), float(np.percentile(lat, 99))
+    return (n1 - n0) / window, float(np.percentile(lat, 50)), float(np.percentile(lat, 99)), cpu / window
 
 
 async def modbus_rates(site: Site, seconds: float) -> dict[str, tuple[int, float]]:
@@ -242,14 +244,14 @@ def main() -> None:
         run_s = 2 * (warm + window) + 20
         procs = [spawn(["--serve", ep, "--site", str(root / "site.toml"), "--pki", str(pki), "--rate", str(rate),
                         "--seconds", str(run_s)]) for ep in eps]
-        raw, r50, r99 = asyncio.run(raw_rate(site, sec, eps, warm, window))
-        got, p50, p99 = asyncio.run(ingest_rate(site, pki, secrets, eps, root / f"ingest-{rate:g}", warm, window))
+        raw, r50, r99, rcpu = asyncio.run(raw_rate(site, sec, eps, warm, window))
+        got, p50, p99, icpu = asyncio.run(ingest_rate(site, pki, secrets, eps, root / f"ingest-{rate:g}", warm, window))
         writes = 0.0
         for p in procs:
             p.terminate()
             out, _ = p.communicate(timeout=30)
             writes += next((json.loads(x)["writes_per_s"] for x in out.splitlines() if x.startswith("{")), math.nan)
-        rows.append((rate, a.tags * rate, writes, raw, r50, r99, got, p50, p99))
+        rows.append((rate, a.tags * rate, writes, raw, r50, r99, got, p50, p99, rcpu, icpu))
     mb = spawn(["--serve", "mb0", "--site", str(root / "site.toml"), "--seconds", "60"])
     try:
         mrates = asyncio.run(modbus_rates(site, 3.0 if a.quick else 8.0))
@@ -270,10 +272,10 @@ async def _prepare_pki(pki: Path) -> None:
 def report(a: argparse.Namespace, rows: list[tuple], mrates: dict[str, tuple[int, float]]) -> None:
     print(f"\nOPC UA: {a.tags} tags on {a.servers} server processes, security {a.security}, publishing 100 ms")
     print(f"{'rate':>5} {'offered/s':>9} {'server writes/s':>15} {'raw recv/s':>10} {'raw p50/p99':>12} "
-          f"{'ingest->historian/s':>19} {'ingest/raw':>10} {'ingest p50/p99':>15}")
-    for rate, offered, writes, raw, r50, r99, got, p50, p99 in rows:
+          f"{'ingest->historian/s':>19} {'ingest/raw':>10} {'ingest p50/p99':>15} {'CPU raw/ingest':>15}")
+    for rate, offered, writes, raw, r50, r99, got, p50, p99, rcpu, icpu in rows:
         print(f"{rate:>4g}Hz {offered:>9,.0f} {writes:>15,.0f} {raw:>10,.0f} {r50:>5.2f}/{r99:<5.2f}s "
-              f"{got:>19,.0f} {got / raw:>10.0%} {p50:>7.2f}/{p99:<5.2f}s")
+              f"{got:>19,.0f} {got / raw:>10.0%} {p50:>7.2f}/{p99:<5.2f}s {rcpu:>7.0%}/{icpu:<6.0%}")
     print("(latency: raw = server change -> client receive; ingest = server change -> historian commit)")
     print(f"\nModbus: one device, {a.modbus_tags} float32 tags (holding registers), one poll = every tag once")
     print(f"{'mode':<22} {'requests/poll':>14} {'polls/s':>9} {'reads/s':>9} {'tag values/s':>13} {'speed-up':>9}")

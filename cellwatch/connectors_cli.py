@@ -12,8 +12,10 @@ import click
 
 from plant.site import Site, load_demo_site, load_site
 
-_site_opt = click.option("--site", "site_path", type=click.Path(dir_okay=False), help="Site file (default: the demo site).")
-_pki_opt = click.option("--pki", default=Path("pki"), show_default=True, type=click.Path(path_type=Path, file_okay=False),
+_site_opt = click.option("--site", "site_path", type=click.Path(dir_okay=False),
+                         help="Site file (default: the demo site).")
+_pki_opt = click.option("--pki", default=Path("pki"), show_default=True,
+                        type=click.Path(path_type=Path, file_okay=False),
                         help="PKI folder: own/ certificates (generated on first run), trusted/, rejected/.")
 _secrets_opt = click.option("--secrets", default=Path("secrets.toml"), show_default=True, envvar="CELLWATCH_SECRETS",
                             type=click.Path(path_type=Path, dir_okay=False), help="Secrets file (owner-only).")

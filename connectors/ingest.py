@@ -206,14 +206,18 @@ class IngestService:
         while True:
             due = max(due + flush_s, loop.time())  # when behind, go on from now rather than burst
             await asyncio.sleep(due - loop.time())
-            await self._flush()
-            if loop.time() >= retry_at:
-                if await self._commit():
-                    delay = 0.0
-                else:
-                    delay = min(self.settings.retry_max_s, max(0.5, delay * 2))
-                    retry_at = loop.time() + delay
-            await self._store_events()
+            try:
+                await self._flush()
+                if loop.time() >= retry_at:
+                    if await self._commit():
+                        delay = 0.0
+                    else:
+                        delay = min(self.settings.retry_max_s, max(0.5, delay * 2))
+                        retry_at = loop.time() + delay
+                await self._store_events()
+            except Exception:  # noqa: BLE001 - e.g. the spool's own disk: keep going, nothing accepted is dropped
+                log.exception("ingest writer cycle failed; retrying")
+                retry_at = loop.time() + self.settings.retry_max_s
 
     async def _flush(self) -> None:
         """Make the received samples durable in the spool (they are accepted once this returns)."""
@@ -223,7 +227,7 @@ class IngestService:
         since, self._pending_since = self._pending_since, None
         try:
             df, sf = await asyncio.to_thread(self._spool_samples, batch)
-        except OSError as exc:  # spool disk full too: keep them in memory and try again next tick
+        except Exception as exc:  # noqa: BLE001 - spool disk full too: keep them in memory, retry next tick
             log.error("cannot write the spool %s: %s; %d samples held in memory", self.spool.root, exc, len(batch))
             self._pending = batch + self._pending
             self._pending_since = since

@@ -11,6 +11,7 @@ import contextlib
 import logging
 import time
 from collections import deque
+from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
@@ -70,7 +71,8 @@ class IngestMetrics:
 class MetricsServer:
     """HTTP endpoint for /metrics and /health on a local port (port 0 picks a free one)."""
 
-    def __init__(self, metrics: IngestMetrics, health: callable, host: str = "127.0.0.1", port: int = 9108) -> None:
+    def __init__(self, metrics: IngestMetrics, health: Callable[[], tuple[bool, str]], host: str = "127.0.0.1",
+                 port: int = 9108) -> None:
         self.metrics, self.health, self.host, self.port = metrics, health, host, port
         self._server: asyncio.base_events.Server | None = None
 
@@ -101,7 +103,8 @@ class MetricsServer:
                 body = (why or "ok").encode() + b"\n"
             else:
                 status, ctype, body = "404 Not Found", "text/plain", b"try /metrics or /health\n"
-            head = f"HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+            head = (f"HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {len(body)}\r\n"
+                    "Connection: close\r\n\r\n")
             writer.write(head.encode() + body)
             await writer.drain()
         except (TimeoutError, ConnectionError):

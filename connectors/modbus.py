@@ -118,11 +118,14 @@ class ModbusConnector:
             self._tracker.set(ConnectorState.READY, where)
             try:
                 await self._poll_loop()
-            except _Lost as exc:
+            except Exception as exc:  # noqa: BLE001 - _Lost, or anything unexpected: mark the gap, reconnect
+                if not isinstance(exc, _Lost):
+                    log.exception("%s: polling failed", self.endpoint_id)
+                reason = str(exc) if isinstance(exc, _Lost) else f"polling failed: {type(exc).__name__}: {exc}"
                 self._close()
-                self.emit(gap_markers(self._fresh.tags, str(exc)))
+                self.emit(gap_markers(self._fresh.tags, reason))
                 marked = True
-                self._tracker.set(ConnectorState.RECONNECTING, str(exc))
+                self._tracker.set(ConnectorState.RECONNECTING, reason)
                 await asyncio.sleep(self._backoff.next_delay())
 
     async def _poll_loop(self) -> None:

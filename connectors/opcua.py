@@ -29,6 +29,15 @@ _HANDLE0 = 1000  # client handles are ours: tag index + _HANDLE0
 _OVERFLOW = 0x480  # StatusCode InfoType = DataValue (0x400) with the Overflow bit (0x80), OPC UA Part 4 7.39
 
 
+QUEUE_SECONDS = 4.0  # server-side buffer per item: a publish this late still loses nothing
+
+
+def queue_size(interval_ms: float, sampling_ms: float) -> int:
+    """Monitored-item queue: QUEUE_SECONDS of values at the sampling rate, at least 10 and 2 publishes' worth;
+    a server discards the oldest values when the client falls behind by more."""
+    return max(10, math.ceil(QUEUE_SECONDS * 1000 / sampling_ms), math.ceil(2 * interval_ms / sampling_ms))
+
+
 def _quality(code: ua.StatusCode) -> Quality:
     if code.is_good():
         return Quality.GOOD
@@ -115,10 +124,16 @@ class OpcUaConnector:
             ever_ready = True
             self._backoff.reset()
             self._ready()
+            reason = "subscription closed"
             try:
                 await self._pump(sub)
+            except Exception as exc:  # noqa: BLE001 - never let the connector die: mark the gap and start over
+                log.exception("%s: receiving failed", self.endpoint_id)
+                reason = f"receiving failed: {type(exc).__name__}: {exc}"
             finally:
                 await self._disconnect()
+            self._lost(reason)
+            await asyncio.sleep(self._backoff.next_delay())
 
     async def _connect(self) -> Subscription:
         client = await make_client(self.endpoint, self.security)
@@ -147,8 +162,7 @@ class OpcUaConnector:
                                       DeadbandType=ua.DeadbandType.Absolute if addr.deadband else ua.DeadbandType.None_,
                                       DeadbandValue=addr.deadband)
             rv = ua.ReadValueId(NodeId=nodes[name], AttributeId=ua.AttributeIds.Value)
-            # Room for several publish intervals of changes: a server discards the oldest when a publish is late.
-            queue = max(10, math.ceil(ep.interval_ms / addr.sampling_ms) * 4)
+            queue = queue_size(ep.interval_ms, addr.sampling_ms)
             mp = ua.MonitoringParameters(ClientHandle=_HANDLE0 + i, SamplingInterval=addr.sampling_ms,
                                          QueueSize=queue, DiscardOldest=True, Filter=flt)
             mirs.append(ua.MonitoredItemCreateRequest(ItemToMonitor=rv, MonitoringMode=ua.MonitoringMode.Reporting,

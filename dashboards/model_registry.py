@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -42,6 +43,7 @@ def store_exists(plant: Plant) -> bool:
 
 def client(plant: Plant) -> Any:
     """An MlflowClient on the data folder's store (sqlite metadata, artifacts under mlruns/)."""
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no progress bars in the server log
     import mlflow
 
     return mlflow.MlflowClient(tracking_uri=plant.mlflow_uri, registry_uri=plant.mlflow_uri)
@@ -63,9 +65,13 @@ def versions(mc: Any) -> list[Version]:
     """Every registered version of every model, newest first."""
     out = []
     for rm in mc.search_registered_models():
+        # version search results carry no aliases; the registered model holds them (alias -> version)
+        by_version: dict[str, list[str]] = {}
+        for alias, version in (mc.get_registered_model(rm.name).aliases or {}).items():
+            by_version.setdefault(str(version), []).append(alias)
         for v in mc.search_model_versions(f"name='{rm.name}'"):
             metrics = dict(mc.get_run(v.run_id).data.metrics) if v.run_id else {}
-            out.append(Version(rm.name, str(v.version), tuple(getattr(v, "aliases", ()) or ()),
+            out.append(Version(rm.name, str(v.version), tuple(sorted(by_version.get(str(v.version), ()))),
                                _ts(v.creation_timestamp), v.run_id, metrics, v.description or ""))
     return sorted(out, key=lambda v: (v.model, -int(v.version)))
 
@@ -196,11 +202,13 @@ def promote(plant: Plant, session: Session, model: str, version: str, reason: st
     if not gate.get("passed"):
         raise ValueError(f"{model} v{version} did not pass the promotion gate: {gate.get('why', 'no evaluation')}")
     mc = client(plant)
-    previous = next((str(v.version) for v in mc.search_model_versions(f"name='{model}'")
-                     if CHAMPION in (getattr(v, "aliases", ()) or ())), None)
+    aliases = mc.get_registered_model(model).aliases or {}
+    previous = None if aliases.get(CHAMPION) is None else str(aliases[CHAMPION])
     sig = record_model_promotion(plant.users, session.username, password, model, version, CHAMPION, report_hash,
                                  reason, previous)
     mc.set_registered_model_alias(model, CHAMPION, version)
+    if str(aliases.get(CHALLENGER)) == version:  # the challenger it was is now the champion
+        mc.delete_registered_model_alias(model, CHALLENGER)
     record_promotion(plant.records, PromotionRecord(sig.ts, model, version, previous, "promoted", session.username,
                                                     reason, str(gate.get("holdout", "-")),
                                                     {"signature_id": sig.id, "gate": gate}))

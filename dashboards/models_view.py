@@ -24,6 +24,11 @@ def _runs(data: str):  # noqa: ANN202
     return mr.runs(_client(data))
 
 
+@st.cache_data(ttl=60, max_entries=16, show_spinner=False)
+def _gate(data: str, version: mr.Version) -> dict:
+    return mr.gate(ui._plant(data), _client(data), version)
+
+
 def champion_challenger(versions: list[mr.Version]) -> None:
     models = sorted({v.model for v in versions})
     if not models:
@@ -104,7 +109,7 @@ def promote_and_retrain(versions: list[mr.Version]) -> None:
         return
     labels = {f"{v.model} v{v.version}" + (f" ({', '.join(v.aliases)})" if v.aliases else ""): v for v in candidates}
     chosen = labels[st.selectbox("Version", list(labels), key="promote_pick")]
-    verdict = mr.gate(plant, _client(ui.data_key()), chosen)
+    verdict = _gate(ui.data_key(), chosen)
     (st.success if verdict["passed"] else st.warning)(f"Gate: {verdict['why']}")
     if verdict["checks"]:
         st.dataframe(pl.DataFrame(verdict["checks"]), hide_index=True)

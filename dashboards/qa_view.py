@@ -77,10 +77,14 @@ def open_form() -> None:
 
 def workflow_form(dev) -> None:
     """The moves the user may make from the deviation's state; closing is a QA e-signature."""
-    moves = [to for (frm, to), perm in TRANSITIONS.items() if frm == dev.state and ui.can(perm)]
+    nxt = {to: perm for (frm, to), perm in TRANSITIONS.items() if frm == dev.state}
+    moves = [to for to, perm in nxt.items() if ui.can(perm)]
+    if not nxt:
+        st.caption("Closed: no further steps.")
+        return
+    if others := [f"{to} ({perm})" for to, perm in nxt.items() if to not in moves]:
+        st.caption(f"Next steps {', '.join(others)} - not with your role's permissions.")
     if not moves:
-        nxt = [f"{to} ({perm})" for (frm, to), perm in TRANSITIONS.items() if frm == dev.state]
-        st.caption(f"Next steps: {', '.join(nxt) or 'none (closed)'} - not with your role's permissions.")
         return
     with st.form(f"dev_move_{dev.deviation_id}"):
         to = st.radio("Move to", moves, horizontal=True, key="dev_to")

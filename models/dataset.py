@@ -15,7 +15,7 @@ from datetime import datetime, timezone
 import polars as pl
 
 from plant.historian import Historian
-from plant.records import Records
+from plant.records import BATCH_SCHEMA, Records
 from plant.samples import TS_DTYPE, Quality
 from plant.site import Site
 
@@ -83,7 +83,11 @@ def _limits(site: Site) -> pl.DataFrame:
 
 
 def _batches(records: Records, site: Site, ids: list[str] | None, until: datetime) -> pl.DataFrame:
-    b = records.batches()
+    if ids is not None and len(ids) <= 5:
+        known = [records.get_batch(i) for i in ids]  # KeyError names an unknown batch id
+        b = pl.DataFrame([{f: getattr(r, f) for f in BATCH_SCHEMA} for r in known], schema=BATCH_SCHEMA)
+    else:
+        b = records.batches()
     if ids is not None:
         b = b.filter(pl.col("batch_id").is_in(ids))
     b = b.filter(pl.col("status") != "planned", pl.col("start_ts") < until)
@@ -154,8 +158,8 @@ def read_buckets(hist: Historian, batches: pl.DataFrame, tags: tuple[str, ...], 
     )
 
 
-def _outcomes(records: Records, ids: pl.Series) -> pl.DataFrame:
-    rel = records.release_results().filter(pl.col("attribute") == YIELD_ATTRIBUTE, pl.col("batch_id").is_in(ids),
+def _outcomes(records: Records, ids: pl.Series, per) -> pl.DataFrame:  # noqa: ANN001
+    rel = per(records.release_results).filter(pl.col("attribute") == YIELD_ATTRIBUTE, pl.col("batch_id").is_in(ids),
                                            pl.col("value").is_not_null(), pl.col("value") > 0)
     return rel.select("batch_id", log10_tvc=pl.col("value").log(10)).sort("batch_id")
 
@@ -170,18 +174,22 @@ def load_plant_data(hist: Historian, records: Records, site: Site, batch_ids: It
     buckets = read_buckets(hist, batches, online, _limits(site), bucket_min)
     bid = batches["batch_id"]
     at = pl.lit(until, dtype=TS_DTYPE)
-    offline = (records.offline_results().filter(pl.col("batch_id").is_in(bid), pl.col("ts") < at)
+    few = ids is not None and 0 < bid.len() <= 5  # a running batch: per-batch queries keep inference fast
+    per = (lambda f, **kw: pl.concat([f(batch_id=b, **kw) for b in bid])) if few else (lambda f, **kw: f(**kw))
+    offline = (per(records.offline_results).filter(pl.col("batch_id").is_in(bid), pl.col("ts") < at)
                .select("batch_id", "ts", "analyte", "value").sort("batch_id", "analyte", "ts"))
-    setpoints = (records.setpoints().filter(pl.col("batch_id").is_in(bid), pl.col("ts") <= at)
+    setpoints = (per(records.setpoints).filter(pl.col("batch_id").is_in(bid), pl.col("ts") <= at)
                  .select("batch_id", "tag", "ts", "value").with_row_index("order")
                  .sort("batch_id", "tag", "ts", "order").drop("order"))
-    cov = records.covariates(wide=True)
+    cov = per(records.covariates, wide=True) if bid.len() else records.covariates(wide=True)
     cov = cov.filter(pl.col("batch_id").is_in(bid)).sort("batch_id") if cov.width > 0 else \
         pl.DataFrame({"batch_id": bid})
-    labels = records.fault_labels().filter(pl.col("unit").is_not_null(), pl.col("start_ts") < at)
+    labels = (per(records.fault_labels) if few else records.fault_labels()).filter(
+        pl.col("unit").is_not_null(), pl.col("start_ts") < at)
     deviations = labels.select("kind", "unit", "batch_id", "start_ts", "end_ts").sort("unit", "start_ts", "kind")
+    outcomes = _outcomes(records, bid, per)
     return PlantData(batches=batches, buckets=buckets, offline=offline, setpoints=setpoints, covariates=cov,
-                     outcomes=_outcomes(records, bid), deviations=deviations, online_tags=online, controls=controls,
+                     outcomes=outcomes, deviations=deviations, online_tags=online, controls=controls,
                      setpoint_tags=sps, bucket_min=bucket_min)
 
 

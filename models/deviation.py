@@ -27,14 +27,14 @@ PERSIST_MIN = 20.0  # an alert is raised once the risk stayed above the threshol
 
 
 def sustained(batch: np.ndarray, t_h: np.ndarray, on: np.ndarray, minutes: float = PERSIST_MIN) -> np.ndarray:
-    """on[i] and every row of the same batch in the `minutes` before it; rows sorted by (batch, time)."""
+    """on[i] and every row of the same batch in the `minutes` before it; rows grouped by batch, by time."""
     on = np.asarray(on, bool)
     if minutes <= 0 or len(on) == 0:
         return on
-    _, code = np.unique(batch, return_inverse=True)
+    code = np.r_[0, np.cumsum(batch[1:] != batch[:-1])]  # a batch's rows are contiguous
     order_key = code * 1e6 + t_h  # batches never share a window: culture time stays far below 1e6 h
-    if np.any(np.diff(order_key) < 0):
-        raise ValueError("rows must be sorted by batch and time")
+    if np.any(np.diff(order_key) < 0) or code[-1] + 1 != len(np.unique(batch)):
+        raise ValueError("rows must be grouped by batch and sorted by time")
     j = np.searchsorted(order_key, order_key - minutes / 60.0 - 1e-9, side="left")
     bad = np.r_[0, np.cumsum(~on)]
     return (bad[np.arange(len(on)) + 1] - bad[j]) == 0

@@ -63,6 +63,8 @@ def fingerprint(frame: pl.DataFrame) -> str:
     for c in cols:
         s = canon[c]
         h.update(f"{c}:{s.dtype}".encode())
+        if s.dtype.is_temporal():
+            s = s.dt.epoch("us") if isinstance(s.dtype, pl.Datetime) else s.cast(pl.Int64)
         if s.dtype.is_numeric() or s.dtype == pl.Boolean:
             h.update(s.cast(pl.Float64).fill_null(np.nan).to_numpy().tobytes())
         else:  # text and timestamps: their string form, with an explicit null marker

@@ -71,8 +71,12 @@ def yield_metrics(pred: pl.DataFrame, interval: float) -> tuple[pl.DataFrame, di
         "yield_coverage_all": float(((pred["lo"] <= pred["y"]) & (pred["y"] <= pred["hi"])).mean() or np.nan),
         "yield_interval": interval,
     }
+    # names the panel's gate reads (dashboards/model_registry.py): *_rmse_log10_day5, *_coverage
+    m["yield_coverage"] = m["yield_coverage_day3plus"]
     for r in rows:
         m[f"yield_rmse_day{r['day']}"] = r["rmse"]
+        if r["day"] == 5:
+            m["yield_rmse_log10_day5"] = r["rmse"]
         m[f"yield_coverage_day{r['day']}"] = r["coverage"]
         for base in ("pls", "pls_robust"):
             if f"rmse_{base}" in r:
@@ -134,11 +138,11 @@ def _detection(faults: pl.DataFrame, col: str) -> float:
     return float(faults[col].mean()) if faults.height else float("nan")
 
 
-def evaluate_deviation(model: DeviationModel, pca: PCAMonitor, timeline: pl.DataFrame, features: pl.DataFrame,
-                       faults: pl.DataFrame, horizon_h: float, grace_h: float) -> DeviationEval:
+def evaluate_deviation(model: DeviationModel, pca: PCAMonitor | None, timeline: pl.DataFrame,
+                       features: pl.DataFrame, faults: pl.DataFrame, horizon_h: float, grace_h: float) -> DeviationEval:
     """timeline: batch_id, t, t_h, y, excused, limit_alarm for every bucket of the held-out batches."""
     p = model.predict_proba(features)
-    pca_score = pca.statistics(features)["score"].to_numpy()
+    pca_score = pca.statistics(features)["score"].to_numpy() if pca is not None else np.zeros(len(p))
     b, t_h, ex = timeline["batch_id"].to_numpy(), timeline["t_h"].to_numpy(), timeline["excused"].to_numpy()
     tl = timeline.with_columns(p=pl.Series(p), alert=pl.Series(model.alerts(p, b, t_h)), pca_score=pl.Series(pca_score))
     days = batch_days(b, t_h)
@@ -159,12 +163,12 @@ def evaluate_deviation(model: DeviationModel, pca: PCAMonitor, timeline: pl.Data
         "dev_median_lead_h_both_alarmed": float(both["lead_h"].median()) if both.height else float("nan"),
         "dev_median_lead_h_censored": float(det["lead_censored_h"].median()) if det.height else float("nan"),
         "dev_median_delay_after_start_h": float(det["delay_h"].median()) if det.height else float("nan"),
-        "dev_limit_detection_rate": _detection(ft, "limit_detected"),
-        "dev_limit_false_alarms_per_batch_day": false_alarm_rate(b, t_h, tl["limit_alarm"].to_numpy(), ex, days),
-        "dev_pca_detection_rate_matched_fa": _detection(ft, "det_pca_alert"),
-        "dev_pca_false_alarms_matched": false_alarm_rate(b, t_h, tl["pca_alert"].to_numpy(), ex, days),
-        "dev_pca_detection_rate_99": _detection(ft, "det_pca_limit"),
-        "dev_pca_false_alarms_99": false_alarm_rate(b, t_h, tl["pca_limit"].to_numpy(), ex, days),
+        "dev_limit_alarm_detected_share": _detection(ft, "limit_detected"),
+        "dev_limit_alarm_fa_rate": false_alarm_rate(b, t_h, tl["limit_alarm"].to_numpy(), ex, days),
+        "dev_pca_detected_share_matched_fa": _detection(ft, "det_pca_alert"),
+        "dev_pca_fa_rate_matched": false_alarm_rate(b, t_h, tl["pca_alert"].to_numpy(), ex, days),
+        "dev_pca_detected_share_99": _detection(ft, "det_pca_limit"),
+        "dev_pca_fa_rate_99": false_alarm_rate(b, t_h, tl["pca_limit"].to_numpy(), ex, days),
         "dev_brier": float(np.mean((p[keep] - y[keep]) ** 2)),
         "dev_alert_episodes": float(len(episode_starts(b, t_h, tl["alert"].to_numpy()))),
     }

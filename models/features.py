@@ -137,6 +137,8 @@ def _derived(data: PlantData) -> list[pl.Expr]:
         (pl.col("planned_h") - pl.col("t_h")).alias("remaining_h"),
         (pl.col("t_h") / pl.col("planned_h")).alias("t_frac"),
         pl.col("off_VCD_last").log10().alias("off_VCD_log10"),
+        # a probe drifting faster than the natural ~0.005 pH/day shows as a change between daily samples
+        (pl.col("off_ph_off_on") - pl.col("off_ph_off_on_prev")).alias("off_ph_off_on_change"),
     ]
     if "WEIGHT" in data.online_tags:  # viable cells in the vessel now: VCD (/mL) x culture mass (kg ~ L)
         tvc = (pl.col("off_VCD_last") * pl.col("WEIGHT_last") * 1000.0).log10()
@@ -151,6 +153,8 @@ def _derived(data: PlantData) -> list[pl.Expr]:
     for sp, pv in data.controls.items():
         if pv in data.online_tags:
             out.append((pl.col(f"{pv}_mean_1h") - pl.col(f"sp_{sp}")).alias(f"{pv}_dev_sp_1h"))
+            # heating and cooling faults share one feature: twice the examples for one split
+            out.append((pl.col(f"{pv}_mean_1h") - pl.col(f"sp_{sp}")).abs().alias(f"{pv}_absdev_sp_1h"))
             out.append((pl.col(f"{pv}_mean_6h") - pl.col(f"sp_{sp}_avg")).alias(f"{pv}_dev_sp_6h"))
     return out
 
@@ -175,12 +179,17 @@ def rows_every(data: PlantData, step_min: int, first_h: float = 0.0) -> pl.DataF
 
 
 def rows_at_hours(data: PlantData, hours: Sequence[float]) -> pl.DataFrame:
-    """(batch_id, k_end) of the last bucket boundary at or before start + h, for each h inside the batch."""
-    g = _grid(data).select("batch_id", "k_end", "t_h")
+    """(batch_id, k_end) of the last bucket boundary at or before start + h, for each h inside the data."""
+    w = data.bucket_min * 60_000_000
     hs = pl.DataFrame({"h": list(hours)}, schema={"h": pl.Float64})
-    return (g.join(hs, how="cross").filter(pl.col("t_h") <= pl.col("h"), pl.col("t_h") > pl.col("h") - 1.0)
-            .group_by("batch_id", "h").agg(pl.col("k_end").max()).select("batch_id", pl.col("k_end").cast(pl.Int32))
-            .unique().sort("batch_id", "k_end"))
+    b = data.batches.select("batch_id", s=pl.col("start_ts").dt.epoch("us"), e=pl.col("data_end").dt.epoch("us"))
+    return (
+        b.join(hs, how="cross")
+        .with_columns(k_end=((pl.col("s") + (pl.col("h") * 3.6e9).cast(pl.Int64)) // w - pl.col("s") // w),
+                      k_max=(pl.col("e") - 1) // w - pl.col("s") // w + 1)
+        .filter(pl.col("k_end") >= 1, pl.col("k_end") <= pl.col("k_max"))
+        .select("batch_id", pl.col("k_end").cast(pl.Int32)).unique().sort("batch_id", "k_end")
+    )
 
 
 def as_of(data: PlantData, batch_id: str, t: datetime) -> pl.DataFrame:

@@ -1,5 +1,5 @@
 """Setpoint recommender: for a running batch at t, the few setpoint changes (inside PAR and max step) that most
-raise the lower quantile of predicted harvest yield, penalised by any rise in predicted deviation risk.
+raise the lower quantile of the predicted harvest-yield gain, penalised by any rise in predicted deviation risk.
 
 Decision code only: `recommend(state)` returns an `Advice` (frozen `plant.recommendations.Recommendation`
 records) or a typed `NoAdvice` saying which guard stopped it. Storing, the signed decision and applying a
@@ -9,7 +9,7 @@ change are separate, audited steps (plant.recommendations, plant.gmp_records). L
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
 
@@ -20,7 +20,7 @@ from models.deviation import DeviationModel
 from models.domain import DomainModel
 from models.encoding import fingerprint
 from models.recommend_state import BatchState
-from models.setpoint_model import SetpointYieldModel, plan_column
+from models.setpoint_model import SetpointEffectModel, time_weighted
 from plant.recommendations import Recommendation
 from plant.site import Site, Tag
 
@@ -29,13 +29,15 @@ _EPS = 1e-9
 
 
 class NoAdviceReason(StrEnum):
+    """Why no advice was given, in the order the guards are checked."""
+
     OUTSIDE_WINDOW = "outside_window"  # too early in the batch, or too close to harvest
     STALE_INPUT = "stale_input"  # an online tag or the cell count is older than allowed
     GAPPED_INPUT = "gapped_input"  # too much of the recent telemetry is missing
     OUT_OF_DOMAIN = "out_of_domain"  # the batch lies outside the data the models learnt from
+    NO_SETPOINTS = "no_setpoints"  # the unit has no controllable setpoint with a known value
     TOO_RECENT = "too_recent"  # every setpoint changed or was recommended within its minimum interval
     NO_GAIN = "no_gain"  # no allowed change is expected to help with enough confidence
-    NO_SETPOINTS = "no_setpoints"  # the unit has no controllable setpoint with a known value
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,17 +48,17 @@ class RecommenderConfig:
     stop_before_harvest_h: float = 24.0  # nor in the last day: little effect left
     steps: tuple[float, ...] = (0.5, 1.0)  # candidate changes as fractions of max_step, both directions
     max_recommendations: int = 3
-    lower_quantile: float = 0.2  # objective: this quantile of the ensemble's gain (risk-averse)
+    lower_quantile: float = 0.2  # objective: this quantile of the gain over the model's bootstrap draws
     interval: float = 0.8  # reported interval of the gain
-    min_gain: float = 0.01  # median relative yield gain below this is not worth a change
+    min_gain: float = 0.01  # a median relative yield gain below this is not worth a change
     min_gain_low: float = 0.0  # the lower quantile must not promise a loss
-    risk_weight: float = 1.0  # relative yield lost per unit of added deviation probability
+    risk_weight: float = 1.0  # relative yield given up per unit of added deviation probability
     max_risk_increase: float = 0.02
     stale_min: float = 30.0  # newest usable value of an expected online tag
     offline_stale_h: float = 36.0  # newest cell count
     min_coverage: float = 0.75  # share of the last 6 h of buckets with data, per expected online tag
     interval_slack_min: float = 1.0  # clock jitter tolerated on the minimum interval
-    n_drivers: int = 5
+    n_risk_drivers: int = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,7 +74,7 @@ class Advice:
 
 @dataclass(frozen=True, slots=True)
 class NoAdvice:
-    """No advice, the guard that stopped it and every problem found."""
+    """No advice: the first guard that stopped it and every problem found."""
 
     batch_id: str
     unit: str
@@ -85,7 +87,7 @@ class NoAdvice:
 class RecommenderModels:
     """The fitted models a recommender decides with, and one version string for all of them."""
 
-    setpoint: SetpointYieldModel
+    effect: SetpointEffectModel
     domain: DomainModel
     deviation: DeviationModel | None
     version: str
@@ -95,7 +97,8 @@ class RecommenderModels:
 class _Candidate:
     tag: Tag
     value: float
-    plan: dict[str, float] = field(default_factory=dict)
+    gain: np.ndarray  # relative yield gain per bootstrap draw
+    d_risk: float
 
 
 def step_bounds(tag: Tag, current: float) -> tuple[float, float]:
@@ -121,14 +124,14 @@ class Recommender:
 
     # ---- guards ----------------------------------------------------------------------------
 
-    def _input_problems(self, state: BatchState) -> list[tuple[NoAdviceReason, str]]:
+    def input_problems(self, state: BatchState) -> list[tuple[NoAdviceReason, str]]:
+        """Every reason the inputs forbid advice now (window, staleness, gaps, applicability domain)."""
         cfg, row = self.config, state.row.row(0, named=True)
         out: list[tuple[NoAdviceReason, str]] = []
         if state.t_h < cfg.first_h or state.t_h > state.planned_h - cfg.stop_before_harvest_h:
             out.append((NoAdviceReason.OUTSIDE_WINDOW, f"culture hour {state.t_h:.1f} is outside the advisory "
                         f"window [{cfg.first_h:g}, {state.planned_h - cfg.stop_before_harvest_h:g}] h"))
-        expected = self.models.domain.expected_tags_.get(state.unit_kind, [])
-        for tag in expected:
+        for tag in self.models.domain.expected_tags_.get(state.unit_kind, []):
             age = row.get(f"{tag}_age_min")
             if age is None or age > cfg.stale_min:
                 seen = "no usable value yet" if age is None else f"last usable value {age:.0f} min old"
@@ -146,7 +149,7 @@ class Recommender:
             out += [(NoAdviceReason.OUT_OF_DOMAIN, r) for r in verdict.reasons if not r.startswith("stale")]
         return out
 
-    def _free_tags(self, state: BatchState) -> tuple[list[Tag], list[str]]:
+    def free_tags(self, state: BatchState) -> tuple[list[Tag], list[str]]:
         """Controllable tags past their minimum interval, and a note for each one held back."""
         free, held = [], []
         for tag in self.site.controllable(state.unit):
@@ -159,49 +162,53 @@ class Recommender:
                 free.append(tag)
         return free, held
 
-    # ---- search ----------------------------------------------------------------------------
+    # ---- the objective ---------------------------------------------------------------------
 
-    def _candidates(self, state: BatchState, tags: list[Tag], current: dict[str, float]) -> list[_Candidate]:
-        ranges = self.models.domain.ranges_
-        out = []
-        for tag in tags:
-            cur = current[tag.short]
-            lo, hi = step_bounds(tag, cur)
-            seen_lo, seen_hi = ranges.get(f"sp_{tag.short}", (-np.inf, np.inf))
-            values = {round(float(np.clip(cur + s * f * tag.max_step, lo, hi)), 6)  # type: ignore[operator]
-                      for f in self.config.steps for s in (-1.0, 1.0)}
-            for v in sorted(values):
-                if abs(v - cur) > _EPS and within_limits(tag, cur, v) and seen_lo - _EPS <= v <= seen_hi + _EPS:
-                    out.append(_Candidate(tag, v, {**current, tag.short: v}))
-        return out
-
-    def _frame(self, state: BatchState, plans: list[dict[str, float]]) -> pl.DataFrame:
-        base = state.row
-        frames = [base.with_columns([pl.lit(v, dtype=pl.Float64).alias(plan_column(k)) for k, v in p.items()])
-                  for p in plans]
-        return pl.concat(frames, how="vertical_relaxed")
+    def _progress(self, state: BatchState, tags: list[str]) -> tuple[float, dict[str, float]]:
+        """Share of the modelled window (anchor to harvest) already past, and each setpoint's mean over it."""
+        anchor = self.models.effect.anchor_h
+        lo = state.start + timedelta(hours=anchor)
+        done = min(max((state.t_h - anchor) / max(state.planned_h - anchor, _EPS), 0.0), 1.0)
+        if done <= 0:
+            return 0.0, {}
+        win = pl.DataFrame({"batch_id": [state.batch_id], "lo": [lo], "hi": [state.t]})
+        log = state.setpoint_log.with_columns(batch_id=pl.lit(state.batch_id))
+        means = time_weighted(log, win.with_columns(pl.col("lo", "hi").dt.cast_time_unit("us")), tuple(tags))
+        return done, {t: means[f"sp_mean_{t}"][0] for t in tags if means[f"sp_mean_{t}"][0] is not None}
 
     def _risk(self, state: BatchState, plans: list[dict[str, float]], current: dict[str, float]) -> np.ndarray:
-        """Calibrated deviation risk per plan; the controlled process values are taken as settled at the new setpoint."""
+        """Calibrated deviation risk per plan, with the controlled process values settled at the new setpoint."""
         dev = self.models.deviation
         if dev is None:
             return np.zeros(len(plans))
-        rows = []
-        for p in plans:
-            exprs = []
-            for short, v in p.items():
-                delta = v - current[short]
-                if abs(delta) < _EPS:
-                    continue
-                exprs += [pl.lit(v, dtype=pl.Float64).alias(f"sp_{short}"),
-                          (pl.col(f"sp_{short}_avg") + delta).alias(f"sp_{short}_avg")]
-                pv = self.site.tags[f"{state.unit}.{short}"].controls
-                if pv:
-                    pv = pv.split(".", 1)[1]
-                    exprs += [(pl.col(f"{pv}_{s}") + delta).alias(f"{pv}_{s}") for s in _PV_LEVELS
-                              if f"{pv}_{s}" in state.row.columns]
-            rows.append(state.row.with_columns(exprs) if exprs else state.row)
-        return dev.predict_proba(pl.concat(rows, how="vertical_relaxed"))
+        return dev.predict_proba(pl.concat([self._risk_row(state, p, current) for p in plans], how="vertical_relaxed"))
+
+    def _risk_row(self, state: BatchState, plan: dict[str, float], current: dict[str, float]) -> pl.DataFrame:
+        exprs: list[pl.Expr] = []
+        for short, v in plan.items():
+            delta = v - current[short]
+            if abs(delta) < _EPS:
+                continue
+            exprs.append(pl.lit(v, dtype=pl.Float64).alias(f"sp_{short}"))
+            if f"sp_{short}_avg" in state.row.columns:
+                exprs.append((pl.col(f"sp_{short}_avg") + delta).alias(f"sp_{short}_avg"))
+            pv = self.site.tags[f"{state.unit}.{short}"].controls
+            if pv:
+                pv = pv.split(".", 1)[1]
+                exprs += [(pl.col(f"{pv}_{s}") + delta).alias(f"{pv}_{s}") for s in _PV_LEVELS
+                          if f"{pv}_{s}" in state.row.columns]
+        return state.row.with_columns(exprs) if exprs else state.row
+
+    def _gain(self, state: BatchState, done: float, past: dict[str, float], cur: dict[str, float],
+              plan: dict[str, float]) -> np.ndarray:
+        past_full = {k: past.get(k, cur[k]) for k in cur}
+        log10 = self.models.effect.gain_draws(state.unit_kind, done, past_full, cur, plan)
+        return 10.0 ** log10 - 1.0
+
+    def _score(self, gain: np.ndarray, d_risk: float) -> float:
+        return float(np.quantile(gain, self.config.lower_quantile)) - self.config.risk_weight * max(d_risk, 0.0)
+
+    # ---- search ----------------------------------------------------------------------------
 
     def recommend(self, state: BatchState) -> Advice | NoAdvice:
         """Advice for one batch now, or NoAdvice with the guard that stopped it."""
@@ -210,79 +217,113 @@ class Recommender:
         def none(reason: NoAdviceReason, details: list[str]) -> NoAdvice:
             return NoAdvice(state.batch_id, state.unit, state.t, reason, tuple(details))
 
-        problems = self._input_problems(state)
+        problems = self.input_problems(state)
         if problems:
             order = list(NoAdviceReason)
-            first = min(problems, key=lambda p: order.index(p[0]))[0]
-            return none(first, [d for _, d in problems])
+            return none(min(problems, key=lambda p: order.index(p[0]))[0], [d for _, d in problems])
         controllable = self.site.controllable(state.unit)
-        current = {t.short: state.setpoints.get(t.short) for t in controllable}
-        unknown = [k for k, v in current.items() if v is None]
+        unknown = [t.short for t in controllable if state.setpoints.get(t.short) is None]
         if not controllable or unknown:
             return none(NoAdviceReason.NO_SETPOINTS, [f"no record of the setpoint {k} in force" for k in unknown]
                         or [f"{state.unit} has no controllable setpoint"])
-        cur: dict[str, float] = {k: float(v) for k, v in current.items() if v is not None}
-        free, held = self._free_tags(state)
+        cur = {t.short: float(state.setpoints[t.short]) for t in controllable}  # type: ignore[arg-type]
+        free, held = self.free_tags(state)
         if not free:
             return none(NoAdviceReason.TOO_RECENT, held)
-        cands = self._candidates(state, free, cur)
-        if not cands:
-            return none(NoAdviceReason.NO_GAIN, ["no allowed change inside the PAR, the step and the training range"])
-        plans = [cur] + [c.plan for c in cands]
-        members = self.models.setpoint.member_predictions(self._frame(state, plans))
-        rel = 10.0 ** (members - members[0]) - 1.0  # relative gain per plan and member
-        risk = self._risk(state, plans, cur)
-        d_risk = risk - risk[0]
-        score = np.quantile(rel, cfg.lower_quantile, axis=1) - cfg.risk_weight * np.maximum(d_risk, 0.0)
-        best: dict[str, int] = {}
-        for i, c in enumerate(cands, start=1):
-            ok = (np.median(rel[i]) >= cfg.min_gain and np.quantile(rel[i], cfg.lower_quantile) >= cfg.min_gain_low
-                  and d_risk[i] <= cfg.max_risk_increase)
-            if ok and (c.tag.short not in best or score[i] > score[best[c.tag.short]]):
-                best[c.tag.short] = i
-        if not best:
-            top = int(np.argmax(score[1:])) + 1
-            c = cands[top - 1]
-            return none(NoAdviceReason.NO_GAIN, [f"best change {c.tag.short} {cur[c.tag.short]:g} -> {c.value:g}: "
-                                                 f"median gain {np.median(rel[top]):+.1%}, lower quantile "
-                                                 f"{np.quantile(rel[top], cfg.lower_quantile):+.1%}"])
-        chosen = self._select(state, cands, best, score, cur)
-        recs = tuple(self._record(state, cands[i - 1], plans[0], plans[i], rel[i], d_risk[i]) for i in chosen)
+        done, past = self._progress(state, list(cur))
+        cands, skipped = self._candidates(state, free, cur, done, past)
+        good = [c for c in cands if np.median(c.gain) >= cfg.min_gain and c.d_risk <= cfg.max_risk_increase
+                and np.quantile(c.gain, cfg.lower_quantile) >= cfg.min_gain_low]
+        if not good:
+            detail = skipped[:]
+            if cands:
+                c = max(cands, key=lambda c: self._score(c.gain, c.d_risk))
+                detail.insert(0, f"best change {c.tag.short} {cur[c.tag.short]:g} -> {c.value:g}: median gain "
+                                 f"{np.median(c.gain):+.1%}, {cfg.lower_quantile:.0%} quantile "
+                                 f"{np.quantile(c.gain, cfg.lower_quantile):+.1%}, risk {c.d_risk:+.3f}")
+            return none(NoAdviceReason.NO_GAIN, detail or ["no allowed change"])
+        best: dict[str, _Candidate] = {}
+        for c in good:
+            if c.tag.short not in best or self._score(c.gain, c.d_risk) > self._score(best[c.tag.short].gain,
+                                                                                    best[c.tag.short].d_risk):
+                best[c.tag.short] = c
+        chosen = self._select(state, sorted(best.values(), key=lambda c: -self._score(c.gain, c.d_risk)), cur, done,
+                              past)
+        recs = tuple(self._record(state, c, cur, done, past) for c in chosen)
         return Advice(state.batch_id, state.unit, state.t, recs, tuple(held))
 
-    def _select(self, state: BatchState, cands: list[_Candidate], best: dict[str, int], score: np.ndarray,
-                cur: dict[str, float]) -> list[int]:
-        """Greedy forward selection: add the next-best tag only while the joint change scores higher."""
-        ranked = sorted(best.values(), key=lambda i: -score[i])
+    def _candidates(self, state: BatchState, tags: list[Tag], cur: dict[str, float], done: float,
+                    past: dict[str, float]) -> tuple[list[_Candidate], list[str]]:
+        """Changes of one setpoint each: a fraction of max_step either way, inside PAR and the training range."""
+        ranges = self.models.domain.ranges_
+        values, skipped = [], []
+        for tag in tags:
+            if not self.models.effect.learnt(state.unit_kind, tag.short):
+                skipped.append(f"{tag.short}: too few batches varied it to learn its effect")
+                continue
+            lo, hi = step_bounds(tag, cur[tag.short])
+            seen_lo, seen_hi = ranges.get(f"sp_{tag.short}", (-np.inf, np.inf))
+            for v in sorted({round(float(np.clip(cur[tag.short] + s * f * tag.max_step, lo, hi)), 6)  # type: ignore[operator]
+                             for f in self.config.steps for s in (-1.0, 1.0)}):
+                if abs(v - cur[tag.short]) > _EPS and within_limits(tag, cur[tag.short], v) \
+                        and seen_lo - _EPS <= v <= seen_hi + _EPS:
+                    values.append((tag, v))
+        plans = [{**cur, t.short: v} for t, v in values]
+        risk = self._risk(state, [cur, *plans], cur)
+        return [_Candidate(t, v, self._gain(state, done, past, cur, p), float(risk[i + 1] - risk[0]))
+                for i, ((t, v), p) in enumerate(zip(values, plans))], skipped
+
+    def _select(self, state: BatchState, ranked: list[_Candidate], cur: dict[str, float], done: float,
+                past: dict[str, float]) -> list[_Candidate]:
+        """Greedy forward selection: add the next-best setpoint only while the joint change scores higher."""
         chosen = [ranked[0]]
-        joint_score = score[ranked[0]]
-        for i in ranked[1:self.config.max_recommendations + 2]:
+        joint = self._score(ranked[0].gain, ranked[0].d_risk)
+        for c in ranked[1:]:
             if len(chosen) >= self.config.max_recommendations:
                 break
-            plan = {**cur, **{cands[j - 1].tag.short: cands[j - 1].value for j in [*chosen, i]}}
-            m = self.models.setpoint.member_predictions(self._frame(state, [cur, plan]))
-            rel = 10.0 ** (m[1] - m[0]) - 1.0
-            r = self._risk(state, [cur, plan], cur)
-            s = np.quantile(rel, self.config.lower_quantile) - self.config.risk_weight * max(r[1] - r[0], 0.0)
-            if s > joint_score + _EPS:
-                chosen.append(i)
-                joint_score = s
+            plan = {**cur, **{x.tag.short: x.value for x in [*chosen, c]}}
+            risk = self._risk(state, [cur, plan], cur)
+            score = self._score(self._gain(state, done, past, cur, plan), float(risk[1] - risk[0]))
+            if score > joint + _EPS:
+                chosen.append(c)
+                joint = score
         return chosen
 
-    def _record(self, state: BatchState, c: _Candidate, cur: dict[str, float], plan: dict[str, float],
-                rel: np.ndarray, d_risk: float) -> Recommendation:
+    def _record(self, state: BatchState, c: _Candidate, cur: dict[str, float], done: float,
+                past: dict[str, float]) -> Recommendation:
         if not within_limits(c.tag, cur[c.tag.short], c.value):  # never, by construction: the last line of defence
             raise AssertionError(f"{c.tag.name} {cur[c.tag.short]} -> {c.value} breaks the PAR or the maximum step")
         a = (1.0 - self.config.interval) / 2
-        lo, mid, hi = (float(x) for x in np.quantile(rel, [a, 0.5, 1 - a]))
-        contrib = self.models.setpoint.member_contributions(self._frame(state, [cur, plan]))
-        delta = contrib[1, :-1] - contrib[0, :-1]
-        names = self.models.setpoint.feature_names
-        top = np.argsort(-np.abs(delta))[: self.config.n_drivers]
-        drivers = tuple((names[j], round(float(delta[j]), 5)) for j in top if abs(delta[j]) > 0)
-        digest = hashlib.sha256(f"{fingerprint(state.row)}|{self.models.version}".encode()).hexdigest()
+        lo, mid, hi = (float(x) for x in np.quantile(c.gain, [a, 0.5, 1 - a]))
         return Recommendation(
             batch_id=state.batch_id, unit=state.unit, tag=c.tag.short, current=cur[c.tag.short], proposed=c.value,
             gain=round(mid, 6), gain_low=round(min(lo, mid), 6), gain_high=round(max(hi, mid), 6),
-            risk_change=round(float(d_risk), 6), drivers=drivers, model_version=self.models.version,
-            input_hash=digest, created_ts=state.t)
+            risk_change=round(c.d_risk, 6), drivers=self._drivers(state, c, cur, done, past),
+            model_version=self.models.version, input_hash=self.input_hash(state), created_ts=state.t)
+
+    def _drivers(self, state: BatchState, c: _Candidate, cur: dict[str, float], done: float,
+                 past: dict[str, float]) -> tuple[tuple[str, float], ...]:
+        """Terms of the gain (log10 yield) and what moves the deviation risk (log-odds), largest first."""
+        short = c.tag.short
+        terms = self.models.effect.gain_terms(state.unit_kind, short, done, past.get(short, cur[short]), cur[short],
+                                              c.value)[0]
+        out = [(f"{short} response slope", float(terms[0])), (f"{short} response curvature", float(terms[1]))]
+        dev = self.models.deviation
+        if dev is not None and self.config.n_risk_drivers:
+            rows = pl.concat([state.row, self._risk_row(state, {**cur, short: c.value}, cur)], how="vertical_relaxed")
+            contrib = dev.contributions(rows)
+            delta = contrib[1, :-1] - contrib[0, :-1]
+            names = dev.encoder_.names_
+            for j in np.argsort(-np.abs(delta))[: self.config.n_risk_drivers]:
+                if abs(delta[j]) > 1e-6:
+                    out.append((f"risk: {names[j]}", float(delta[j])))
+        out.sort(key=lambda x: -abs(x[1]))
+        return tuple((n, round(v, 6)) for n, v in out)
+
+    def input_hash(self, state: BatchState) -> str:
+        """SHA-256 of what the decision rests on: the feature row, the setpoint history and the model version."""
+        log = state.setpoint_log.sort("ts", "tag")
+        h = hashlib.sha256(f"{fingerprint(state.row)}|{self.models.version}|{state.t.isoformat()}".encode())
+        for tag, ts, v in log.select("tag", "ts", "value").iter_rows():
+            h.update(f"|{tag}@{ts.isoformat()}={v!r}".encode())
+        return h.hexdigest()

@@ -35,8 +35,10 @@ class BatchState:
     t: datetime  # now: when the advice is asked for (the feature row is as of t floored to the bucket grid)
     t_h: float  # culture hours of the feature row
     planned_h: float
+    start: datetime
     row: pl.DataFrame
     setpoints: Mapping[str, float | None]  # short tag -> value in force at t (None: no record of it)
+    setpoint_log: pl.DataFrame  # tag, ts, value: every recorded change up to t (recipe values at the start)
     last_change: Mapping[str, datetime]  # short tag -> latest change or recommendation at or before t
     coverage: Mapping[str, float]  # online tag -> share of the last window's buckets with a usable sample
 
@@ -128,7 +130,8 @@ def states_from_data(data: PlantData, at: Mapping[str, datetime],
             last[tag] = max(ts, last[tag]) if tag in last else ts
         k = int(keep.filter(pl.col("batch_id") == bid)["k_end"][0])
         out[bid] = BatchState(bid, info["unit"], info["unit_kind"], t, float(row["t_h"][0]), float(info["planned_h"]),
-                              row, sp, last, _coverage(d, bid, k))
+                              info["start_ts"], row, sp, changes.select("tag", "ts", "value"), last,
+                              _coverage(d, bid, k))
     return out
 
 

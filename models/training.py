@@ -108,7 +108,8 @@ def prepare(data: PlantData, split: Split, cfg: ModelConfig) -> Prepared:
     grid = feats.filter(pl.col("k_end") % (step // d.bucket_min) == 0).drop("_day")
     devs = online_deviations(d, cfg.no_signature_kinds)
     warn = _order(warning_labels(grid, devs, cfg.warning_horizon_h, cfg.warning_grace_h), split.train)
-    warn = warn.with_columns(fit=~pl.col("ignore") & (_near_fault(warn, devs, cfg) | _quiet_row(warn, cfg, d)))
+    inside = (pl.col("y") == 1) & (pl.col("k_end") % (120 // d.bucket_min) == 0)  # every 2 h inside deviations
+    warn = warn.with_columns(fit=~pl.col("ignore") & (_near_fault(warn, devs, cfg) | inside | _quiet_row(warn, cfg, d)))
     warn = warn.with_columns(weight=_event_weights(warn))
     fp = fingerprint(pl.concat([yield_train.drop("log10_tvc"), warn.drop("y", "ignore", "kind", "fit")],
                                how="diagonal_relaxed").unique(["batch_id", "k_end"], keep="first"))
@@ -214,6 +215,13 @@ def fit_baselines(p: Prepared) -> Baselines:
     normal = p.warn_train.filter(pl.col("y") == 0, ~pl.col("ignore"))
     normal = normal.filter(pl.col("k_end") % 12 == 0) if normal.height > 40_000 else normal  # 2 h grid is plenty
     return Baselines(PLSYield().fit(f, y, g), PLSYield(exclude_outliers=True).fit(f, y, g), PCAMonitor().fit(normal))
+
+
+def holdout_yield_rows(data: PlantData, split: Split) -> pl.DataFrame:
+    """Day-boundary feature rows (with the outcome) of the hold-out batches, in time order."""
+    d = data.select(split.test)
+    rows = yield_target(d, feature_rows(d, rows_at_hours(d, [24.0 * x for x in DAYS])))
+    return _order(rows.filter(pl.col("t_h") < pl.col("planned_h")), split.test)
 
 
 def warning_timeline(data: PlantData, split: Split, cfg: ModelConfig) -> tuple[pl.DataFrame, pl.DataFrame,

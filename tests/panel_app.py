@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import polars as pl
 from streamlit.runtime.pages_manager import PagesManager
 from streamlit.testing.v1 import AppTest
 
@@ -47,6 +48,11 @@ def open_page(at: AppTest, key: str) -> AppTest:
     at.switch_page(f"pages/{key}.py").run()
     assert not at.exception, [e.value for e in at.exception]
     return at
+
+
+def frame(element: object) -> pl.DataFrame:
+    """A dataframe element's value as polars (AppTest hands back pandas)."""
+    return pl.from_pandas(element.value)  # type: ignore[attr-defined]
 
 
 def refused(at: AppTest) -> bool:

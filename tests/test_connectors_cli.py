@@ -36,3 +36,32 @@ def test_an_unknown_endpoint_is_a_one_line_error(tmp_path):
                          timeout=120, cwd=tmp_path)
     assert res.returncode == 2 and "Traceback" not in res.stderr
     assert len(res.stderr.strip().splitlines()) == 1 and "no endpoint(s) ['nope']" in res.stderr
+
+
+def test_the_unsecured_endpoint_exists_only_when_the_site_file_asks_for_it():
+    from asyncua import ua
+
+    from plant.sim.opcua_server import security_policies
+    from plant.site import demo_site_text, parse_site
+
+    secure = parse_site(demo_site_text()).endpoints["twin-opcua"]
+    assert security_policies(secure) == [ua.SecurityPolicyType.Basic256Sha256_SignAndEncrypt]
+    text = demo_site_text().replace('security = "Basic256Sha256_SignAndEncrypt"', 'security = "None"', 1)
+    assert ua.SecurityPolicyType.NoSecurity in security_policies(parse_site(text).endpoints["twin-opcua"])
+
+
+def test_credentials_come_from_the_environment_or_the_secrets_file(tmp_path):
+    from plant.secrets import client_credentials, env_key
+
+    secrets = tmp_path / "secrets.toml"
+    secrets.write_text('[opcua."twin-opcua"]\nusername = "ingest"\npassword = "from-file"\n')
+    secrets.chmod(0o600)
+    assert client_credentials("twin-opcua", secrets, env={}).password == "from-file"
+    env = {f"{env_key('twin-opcua')}_USERNAME": "ops", f"{env_key('twin-opcua')}_PASSWORD": "from-env"}
+    assert env_key("twin-opcua") == "CELLWATCH_OPCUA_TWIN_OPCUA"
+    got = client_credentials("twin-opcua", secrets, env=env)
+    assert (got.username, got.password) == ("ops", "from-env") and "from-env" not in repr(got)
+    assert client_credentials("other", secrets, env={}) is None
+    secrets.write_text('[opcua."twin-opcua"]\nusername = "ingest"\n')
+    with pytest.raises(SecretsError, match=r"opcua.twin-opcua.password: missing"):
+        client_credentials("twin-opcua", secrets, env={})

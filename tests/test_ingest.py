@@ -105,7 +105,8 @@ async def rig(tmp_path_factory):
 
 def _served(rig: Rig) -> pl.DataFrame:
     return pl.DataFrame([(t, r.tag, r.ts, r.value) for t, r in rig.servers.served], orient="row",
-                        schema={"at": pl.Float64, "tag": pl.String, "ts": pl.Datetime("us", "UTC"), "value": pl.Float64})
+                        schema={"at": pl.Float64, "tag": pl.String, "ts": pl.Datetime("us", "UTC"),
+                                "value": pl.Float64})
 
 
 async def test_every_tag_of_the_demo_site_arrives_with_value_unit_and_timestamps(rig):

@@ -15,7 +15,7 @@ from streamlit.testing.v1 import AppTest
 
 import panel_scenario as ps
 from dashboards import actions, ui
-from panel_app import login, open_page, refused, texts
+from panel_app import frame, login, open_page, refused, texts
 from plant.recommendations import RecommendationStore
 from plant.roles import AccessDenied
 
@@ -82,9 +82,9 @@ def test_overview_shows_every_unit_and_room(panel_scenario):
     for unit, batch in panel_scenario.running.items():
         assert f"**{unit}**" in page and batch in page
     assert "no yield prediction (no model registered)" in page
-    rooms = at.dataframe[0].value
+    rooms = frame(at.dataframe[0])
     assert sorted(rooms["room"]) == ["CR-A1", "CR-B1", "CR-C1", "CR-C2", "CR-D1"]
-    assert list(rooms["grade"]) == sorted(rooms["grade"])  # cleanest grade first
+    assert rooms["grade"].to_list() == sorted(rooms["grade"])  # cleanest grade first
 
 
 def test_batch_page_running_and_finished_batches():
@@ -94,13 +94,13 @@ def test_batch_page_running_and_finished_batches():
     finished = next(o for o in at.selectbox(key="batch_select").options if "harvested" in o)
     at.selectbox(key="batch_select").set_value(finished.split(" · ")[1]).run()
     assert at.metric[2].value == "harvested"
-    analytes = set(at.dataframe[0].value["analyte"])
+    analytes = set(frame(at.dataframe[0])["analyte"])
     assert {"VCD", "VIAB"} <= analytes
 
 
 def test_cleanroom_page(plant):
     at = open_page(login("ed"), "cleanroom")
-    summary = at.dataframe[1].value
+    summary = frame(at.dataframe[1])
     assert set(summary["grade"]) == {"A", "B", "C", "D"}
     assert (summary.filter(pl.col("grade") == "A")["in operation limit"] == 3520).any()
 
@@ -162,7 +162,7 @@ def test_operator_accepts_advice_with_an_e_signature(plant, panel_scenario):
     assert f"{rec_id} accepted: signed by Olga Operator (olga) - accepted" in texts(at)
     trail = plant.audit.entries(entity="recommendation", entity_id=rec_id)
     assert trail["action"].to_list() == ["sign", "decide"]
-    assert rec_id in at.dataframe[-1].value["id"].to_list()  # the history of decisions
+    assert rec_id in frame(at.dataframe[-1])["id"].to_list()  # the history of decisions
 
 
 def test_modification_outside_the_par_is_refused_and_inside_it_signed(plant, panel_scenario):

@@ -1,6 +1,8 @@
 """Plant overview: every unit (batch, phase, culture day, key values against limits, alarms, predicted
 harvest) and every room (grade, state, status); refreshes itself every few seconds."""
 
+from datetime import datetime, timezone
+
 import streamlit as st
 
 from dashboards import cached, charts, ui, views
@@ -19,7 +21,8 @@ def live() -> None:
                     "(`cellwatch simulate`).")
             return
         units, rooms = cached.units(data, now), cached.rooms(data, now)
-        st.caption(f"Data time {now:%Y-%m-%d %H:%M} UTC · updates every {ui.REFRESH_S:g} s")
+        st.caption(f"Data time {now:%Y-%m-%d %H:%M} UTC · updates every {ui.REFRESH_S:g} s "
+                   f"(last {datetime.now(timezone.utc):%H:%M:%S} UTC)")
         charts.show(views.status_grid(units, rooms))
         views.unit_cards(units, views.harvest_forecasts(units, now))
         st.subheader("Rooms")

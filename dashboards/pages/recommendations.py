@@ -44,6 +44,7 @@ def pending_card(rec: dict) -> None:
 def decision_form(rec: dict) -> None:
     key = f"dec_{rec['id']}"
     with st.form(key):
+        st.markdown(f"**Your decision on {rec['id']}**")
         choice = st.radio("Decision", list(actions.DECISIONS), horizontal=True, key=f"{key}_choice")
         value = st.number_input("Modify to (only for Modify)", value=float(rec["proposed"]), format="%.3f",
                                 key=f"{key}_value")

@@ -182,7 +182,8 @@ class DeviceServer:
         alarms = 0
         for bit, short, c in ((1, "P05", c05), (4, "P50", c50)):
             t = tags.get(short)
-            if t is not None and t.action_high is not None and t.modbus is not None and c * t.modbus.scale > t.action_high:
+            limit = t.action_high if t is not None and t.modbus is not None else None
+            if limit is not None and c * t.modbus.scale > limit:  # type: ignore[union-attr]
                 alarms |= 1 << bit
                 status |= PC_STATUS_THRESHOLD_HIGH
         location = list(self.site.rooms).index(self.owner) + 1 if self.owner in self.site.rooms else 0

@@ -31,7 +31,8 @@ from plant.secrets import ServerUser
 from plant.site import Site, Tag
 
 log = logging.getLogger("cellwatch.sim.opcua")
-for _noisy in ("asyncua.common.instantiate_util", "asyncua.common.copy_node_util", "asyncua.server.address_space", "asyncua.server.uaprocessor",
+for _noisy in ("asyncua.common.instantiate_util", "asyncua.common.copy_node_util", "asyncua.server.address_space",
+               "asyncua.server.uaprocessor",
                "asyncua.server.binary_server_asyncio", "asyncua.crypto.uacrypto"):
     logging.getLogger(_noisy).setLevel(logging.CRITICAL)  # harmless copy errors, refused peers (logged by us)
 
@@ -45,6 +46,14 @@ _WRITE = ua.NodeId(ua.ObjectIds.WriteRequest_Encoding_DefaultBinary)
 _GOOD = ua.StatusCode(ua.StatusCodes.Good)
 
 
+def security_policies(endpoint: Endpoint) -> list[ua.SecurityPolicyType]:
+    """SignAndEncrypt always; the unsecured endpoint only when the site file says security = "None"."""
+    policies = [ua.SecurityPolicyType.Basic256Sha256_SignAndEncrypt]
+    if endpoint.security == "None":
+        policies.append(ua.SecurityPolicyType.NoSecurity)
+    return policies
+
+
 def _report_status_changes_despite_deadband() -> None:
     """asyncua 2.1 computes `None - number` when a deadbanded value turns Bad (its value becomes null), the
     callback dies and the change to Bad is never reported. A change of status must always be reported
@@ -53,7 +62,8 @@ def _report_status_changes_despite_deadband() -> None:
 
     def exceeded(self, values, flt):  # noqa: ANN001, ANN202
         cur, old = values.get_current_datavalue(), values.get_old_datavalue()
-        if cur is not None and old is not None and None in (cur.Value and cur.Value.Value, old.Value and old.Value.Value):
+        values_ = (cur.Value and cur.Value.Value, old.Value and old.Value.Value) if cur and old else ()
+        if None in values_:
             return True
         return original(self, values, flt)
 
@@ -113,7 +123,8 @@ def _object(parent: ua.NodeId, nid: ua.NodeId, name: ua.QualifiedName) -> ua.Add
 
 
 def _variable(parent: ua.NodeId, nid: ua.NodeId, name: ua.QualifiedName, value: ua.Variant, type_def: int,
-              prop: bool = False, datatype: int | None = None, access: int = 1, description: str = "") -> ua.AddNodesItem:
+              prop: bool = False, datatype: int | None = None, access: int = 1,
+              description: str = "") -> ua.AddNodesItem:
     item = ua.AddNodesItem(RequestedNewNodeId=nid, BrowseName=name, NodeClass=ua.NodeClass.Variable,
                            ParentNodeId=parent, TypeDefinition=ua.NodeId(type_def),
                            ReferenceTypeId=ua.NodeId(ua.ObjectIds.HasProperty if prop else ua.ObjectIds.HasComponent))
@@ -195,9 +206,7 @@ class UnitOpcUaServer:
         server.set_endpoint(self.url)
         server.set_server_name(f"cellwatch twin ({ep.id})")
         await server.set_application_uri(SERVER_URI)
-        policies = [ua.SecurityPolicyType.Basic256Sha256_SignAndEncrypt]
-        if ep.security == "None":  # only when the site file asks for it explicitly (a loopback demo)
-            policies.append(ua.SecurityPolicyType.NoSecurity)
+        policies = security_policies(ep)
         engineers = {u.name for u in self.users.values() if u.role == "engineer"}
         server.set_security_policy(policies, permission_ruleset=_EngineersWrite(engineers))
         server.set_identity_tokens([ua.UserNameIdentityToken])  # never anonymous
