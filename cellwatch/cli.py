@@ -203,6 +203,14 @@ from cellwatch.alarms_cli import alarms_group, deviations_group; cli.add_command
 cli.add_command(deviations_group)
 from cellwatch.connectors_cli import ingest, plant_serve; cli.add_command(ingest); plant.add_command(plant_serve)  # noqa: E402,E501
 from cellwatch.panel_cli import panel as _panel_cmd; cli.add_command(_panel_cmd)  # noqa: E402
+from cellwatch.models_cli import train_cmd; cli.add_command(train_cmd)  # noqa: E402
+from cellwatch.models_cli import evaluate_cmd; cli.add_command(evaluate_cmd)  # noqa: E402
+from cellwatch.models_cli import tune_cmd; cli.add_command(tune_cmd)  # noqa: E402
+from cellwatch.models_cli import predict_cmd; cli.add_command(predict_cmd)  # noqa: E402
+from cellwatch.models_cli import models_group; cli.add_command(models_group)  # noqa: E402
+from cellwatch.models_cli import import_cmd; cli.add_command(import_cmd)  # noqa: E402
+from cellwatch.models_cli import export_cmd; cli.add_command(export_cmd)  # noqa: E402
+from cellwatch.validate_cli import validate_recommender; cli.add_command(validate_recommender)  # noqa: E402
 
 
 _EXPECTED = (SiteError, HistorianError, OSError, ValueError, KeyError)

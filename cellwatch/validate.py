@@ -93,44 +93,48 @@ class _AdvisedPlant:
         self.records.add_setpoints([SetpointChange(p.batch_id, e.tag, p.start + timedelta(hours=e.t_h), e.value,
                                                    e.source) for p in plans for e in p.setpoints])
         self.blocks: list[tuple[int, np.ndarray, np.ndarray]] = []
+        self.n_steps = np.array([p.n_steps for p in plans])
+        self.start_us = np.array([int(p.start.timestamp() * 1_000_000) for p in plans], dtype=np.int64)
+        self.has_tag = np.array([[t in self.unit_tags[p.unit] for t in MEAS_TAGS] for p in plans])
+        self.tag_names = np.array([[f"{p.unit}.{t}" for t in MEAS_TAGS] for p in plans], dtype=object)
         self.sp_seen = 0
         self.offline_seen = 0
         self.ipc_done = False
 
+    def _telemetry(self, m0: int, meas: np.ndarray, bad: np.ndarray) -> pl.DataFrame:
+        """Long samples of one block (minutes, batches, tags) of the advised arm, as the historian stores them."""
+        minute = m0 + 1 + np.arange(meas.shape[0])  # a reading of minute m is stamped at the end of it
+        live = (minute[:, None] <= self.n_steps[None, :])[:, :, None] & self.has_tag[None, :, :]
+        k, b, j = np.nonzero(live)
+        ts = self.start_us[b] + minute[k] * 60_000_000
+        return pl.DataFrame({"ts": pl.Series(ts).cast(pl.Datetime("us")).dt.replace_time_zone("UTC"),
+                             "tag": pl.Series(self.tag_names[b, j], dtype=pl.String),
+                             "value": pl.Series(meas[k, b, j].astype(float)).fill_nan(None),
+                             "bad": pl.Series(bad[k, b, j])})
+
     def flush(self, bank: Bank, offset: int) -> None:
         """Write the advised arm's telemetry, setpoint samples and offline results since the last flush."""
-        ts_parts, tag_parts, val_parts, bad_parts = [], [], [], []
-        for m0, meas, bad in self.blocks:
-            for i, p in enumerate(self.plans):
-                n = min(meas.shape[0], p.n_steps - m0)
-                if n <= 0:
-                    continue
-                ts = int(p.start.timestamp() * 1e6) + (m0 + 1 + np.arange(n, dtype=np.int64)) * 60_000_000
-                for j, tag in enumerate(MEAS_TAGS):
-                    if tag in self.unit_tags[p.unit]:
-                        ts_parts.append(ts)
-                        tag_parts.append(np.full(n, f"{p.unit}.{tag}", dtype=object))
-                        val_parts.append(meas[:n, i, j])
-                        bad_parts.append(bad[:n, i, j])
-        for minute, b, tag, value in bank.sp_log[self.sp_seen:]:
-            if b >= offset and minute <= self.plans[b - offset].n_steps:
-                p = self.plans[b - offset]
-                ts_parts.append(np.array([int(p.start.timestamp() * 1e6) + minute * 60_000_000], dtype=np.int64))
-                tag_parts.append(np.array([f"{p.unit}.{tag}"], dtype=object))
-                val_parts.append(np.array([value]))
-                bad_parts.append(np.array([False]))
-        self.sp_seen = len(bank.sp_log)
+        frames = []
+        if self.blocks:  # consecutive blocks since the last flush: one array, one frame
+            frames.append(self._telemetry(self.blocks[0][0], np.concatenate([b[1] for b in self.blocks]),
+                                          np.concatenate([b[2] for b in self.blocks])))
         self.blocks = []
-        if ts_parts:
-            is_bad = np.concatenate(bad_parts)
-            frame = pl.DataFrame({
-                "ts": pl.Series(np.concatenate(ts_parts)).cast(pl.Datetime("us")).dt.replace_time_zone("UTC"),
-                "tag": pl.Series(np.concatenate(tag_parts), dtype=pl.String),
-                "value": pl.Series(np.concatenate(val_parts).astype(float)).fill_nan(None),
-                "quality": pl.Series(np.where(is_bad, "BAD", "GOOD"), dtype=QUALITY_DTYPE),
-                "status": pl.Series(np.where(is_bad, "BadSensorFailure", None), dtype=pl.String),
-            }).with_columns(pl.lit(None, TS_DTYPE).alias("server_ts"), pl.lit(None, TS_DTYPE).alias("received_ts"))
-            self.hist.append(frame.select(list(SAMPLE_SCHEMA)))
+        sp = [(m, b - offset, tag, v) for m, b, tag, v in bank.sp_log[self.sp_seen:]
+              if b >= offset and m <= self.plans[b - offset].n_steps]
+        self.sp_seen = len(bank.sp_log)
+        if sp:
+            frames.append(pl.DataFrame({
+                "ts": [self.plans[i].start + timedelta(minutes=m) for m, i, _, _ in sp],
+                "tag": [f"{self.plans[i].unit}.{tag}" for _, i, tag, _ in sp],
+                "value": [float(v) for *_, v in sp], "bad": [False] * len(sp)},
+                schema={"ts": TS_DTYPE, "tag": pl.String, "value": pl.Float64, "bad": pl.Boolean}))
+        frames = [f for f in frames if f.height]
+        if frames:
+            f = pl.concat(frames)
+            self.hist.append(f.select(
+                "ts", "tag", "value", quality=pl.when("bad").then(pl.lit("BAD")).otherwise(pl.lit("GOOD"))
+                .cast(QUALITY_DTYPE), status=pl.when("bad").then(pl.lit("BadSensorFailure")),
+                server_ts=pl.lit(None, TS_DTYPE), received_ts=pl.lit(None, TS_DTYPE)).select(list(SAMPLE_SCHEMA)))
         new = [s for s in bank.offline[self.offline_seen:] if s.batch_index >= offset]
         self.offline_seen = len(bank.offline)
         results = [OfflineResult(self.plans[s.batch_index - offset].batch_id,

@@ -194,7 +194,7 @@ class IngestService:
                 self.metrics.corrupt.inc()
                 continue
             self._cache[sf.seq] = df
-            for tag, ts in df.group_by("tag").agg(pl.col("ts").max()).iter_rows():
+            for tag, ts in _last_source_ts(df).items():
                 if tag not in self._last or ts > self._last[tag]:
                     self._last[tag] = ts
         self._publish_depth()
@@ -260,8 +260,10 @@ class IngestService:
         if not files:
             return True
         batch = pl.concat(frames, rechunk=False)
+        # Samples accepted meanwhile may set the flag again; files left for the next commit keep it.
+        suspect, self._suspect = self._suspect, len(files) < len(self.spool.pending()) and self._suspect
         try:
-            if self._suspect:
+            if suspect:
                 batch = await asyncio.to_thread(self._without_stored, batch)
             await asyncio.to_thread(self.historian.append, batch)
         except Exception as exc:  # noqa: BLE001 - disk full, permissions, a locked or missing folder: all retried
@@ -279,15 +281,13 @@ class IngestService:
         return True
 
     def _after_commit(self, files: list[SpoolFile], batch: pl.DataFrame) -> None:
-        last = {tag: ts for tag, ts in batch.group_by("tag").agg(pl.col("ts").max()).iter_rows()}
-        self.spool.committed(files, last)
+        self.spool.committed(files, _last_source_ts(batch))
         for sf in files:
             self._cache.pop(sf.seq, None)
             self._accepted_at.pop(sf.seq, None)
         if self._historian_fault is not None:
             log.warning("historian takes writes again; replayed the buffer (%d samples in this commit)", batch.height)
             self._historian_fault = None
-        self._suspect = False
         self.metrics.historian_ok.set(1)
         self.metrics.committed(batch.height)
         self.committed_total += batch.height
@@ -348,6 +348,13 @@ class IngestService:
                     await asyncio.to_thread(self.historian.compact)
                 except Exception as exc:  # noqa: BLE001 - compaction is an optimisation; writes go on without it
                     log.warning("historian compaction failed: %s", exc)
+
+
+def _last_source_ts(df: pl.DataFrame) -> dict[str, datetime]:
+    """Newest timestamp per tag among samples a server sent (server_ts set): the ones that can be re-sent.
+    Gap markers and Modbus reads carry local clock times and must not move the duplicate watermark."""
+    sent = df.filter(pl.col("server_ts").is_not_null())
+    return {tag: ts for tag, ts in sent.group_by("tag").agg(pl.col("ts").max()).iter_rows()}
 
 
 def _tag_names(c: Connector) -> list[str]:

@@ -44,8 +44,8 @@ def rooms(data: str, now: datetime) -> list[q.RoomView]:
 
 @st.cache_data(**_LIVE)
 def trend(data: str, source: str, tags: tuple[str, ...], start: datetime, end: datetime,
-          points: int = 600) -> pl.DataFrame:
-    return q.trend(_plant(data).source(source), tags, start, end, points)
+          points: int = 600, agg: str = "mean") -> pl.DataFrame:
+    return q.trend(_plant(data).source(source), tags, start, end, points, agg)
 
 
 @st.cache_data(**_SLOW)

@@ -69,12 +69,12 @@ def risk_chart(risk: pl.DataFrame, threshold: float, height: int = 160) -> alt.L
     return alt.layer(line, rule).properties(title="Deviation risk", height=height)
 
 
-def drivers_chart(drivers: pl.DataFrame, height: int = 160) -> alt.Chart:
+def drivers_chart(drivers: pl.DataFrame) -> alt.Chart:
     """Top drivers as signed bars (columns feature, contribution)."""
     return alt.Chart(drivers).mark_bar().encode(
         x=alt.X("contribution:Q", title="contribution"), y=alt.Y("feature:N", sort="-x", title=None),
         color=alt.condition("datum.contribution > 0", alt.value(PAR), alt.value(ACTION)),
-        tooltip=["feature:N", alt.Tooltip("contribution:Q", format="+.3f")]).properties(height=height)
+        tooltip=["feature:N", alt.Tooltip("contribution:Q", format="+.3f")]).properties(height=alt.Step(22))
 
 
 def offline_chart(samples: pl.DataFrame) -> alt.FacetChart:
@@ -89,7 +89,7 @@ def offline_chart(samples: pl.DataFrame) -> alt.FacetChart:
 def particles_chart(values: pl.DataFrame, limits: pl.DataFrame, title: str, height: int = 200) -> alt.LayerChart:
     """Particle counts per m3 (log scale) with the Annex 1 limits (columns ts, room, value; limits: label, value)."""
     line = alt.Chart(values).mark_line(strokeWidth=1.2).encode(
-        x=_T, y=alt.Y("value:Q", title="/m3", scale=alt.Scale(type="symlog")), color=alt.Color("room:N"),
+        x=_T, y=alt.Y("value:Q", title="/m3", scale=alt.Scale(type="symlog")), color=alt.Color("room:N", legend=None),
         tooltip=["room:N", alt.Tooltip("ts:T", format="%H:%M"), alt.Tooltip("value:Q", format=",.0f")])
     rules = alt.Chart(limits).mark_rule(strokeDash=[5, 4], color=ACTION).encode(
         y="value:Q", tooltip=["label:N", alt.Tooltip("value:Q", format=",.0f")])

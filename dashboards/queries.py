@@ -227,10 +227,11 @@ def batch_window(batch: BatchRecord, now: datetime) -> tuple[datetime, datetime]
     return batch.start_ts, end + timedelta(minutes=1)
 
 
-def trend(src: Source, tags: Sequence[str], start: datetime, end: datetime, points: int = 600) -> pl.DataFrame:
-    """Mean per bucket (about `points` buckets) of tags in [start, end): ts, tag, value."""
+def trend(src: Source, tags: Sequence[str], start: datetime, end: datetime, points: int = 600,
+          agg: str = "mean") -> pl.DataFrame:
+    """`agg` per bucket (about `points` buckets) of tags in [start, end): ts, tag, value."""
     minutes = max(1, int((end - start).total_seconds() / 60 / points))
-    out = src.historian.resample(list(tags), start, end, every=f"{minutes}m", agg="mean")
+    out = src.historian.resample(list(tags), start, end, every=f"{minutes}m", agg=agg)
     return out.select("ts", "tag", "value")
 
 
@@ -313,7 +314,7 @@ def particle_limit_rules(grade: str, size: str) -> pl.DataFrame:
 
 
 def particle_summary(site: Site, values: pl.DataFrame) -> pl.DataFrame:
-    """Per room and size: the highest bucket mean against the Annex 1 limits (values: a `trend` frame)."""
+    """Per room and size: the highest count against the Annex 1 limits (values: a `trend` frame of maxima)."""
     peak = dict(values.group_by("tag").agg(pl.max("value")).iter_rows())
     rows = []
     for tag in (t for t in site.tags.values() if t.annex1):

@@ -38,25 +38,29 @@ def _grid_rows(owner: str, readings: tuple[q.Reading, ...]) -> list[tuple[str, s
     return [(owner, r.short, r.status, f"{fmt(r.value)}") for r in readings]
 
 
-def status_grid(units: list[q.UnitView], rooms: list[q.RoomView]) -> alt.VConcatChart:
-    """Key values of every unit and room as coloured cells: green inside limits, amber alert, red action."""
-    def grid(rows: list[tuple[str, str, str, str]], title: str) -> alt.Chart:
-        df = pl.DataFrame(rows, schema={"owner": pl.String(), "tag": pl.String(), "status": pl.String(),
-                                        "value": pl.String()}, orient="row")
-        owners, tags = list(dict.fromkeys(df["owner"])), list(dict.fromkeys(df["tag"]))
-        scale = alt.Scale(domain=list(STATUS_COLOURS), range=list(STATUS_COLOURS.values()))
-        base = alt.Chart(df).encode(x=alt.X("tag:N", sort=tags, title=None, axis=alt.Axis(orient="top", labelAngle=0)),
-                                    y=alt.Y("owner:N", sort=owners, title=None))
-        cells = base.mark_rect(stroke="white", strokeWidth=2).encode(
-            color=alt.Color("status:N", scale=scale, legend=alt.Legend(orient="bottom", title=None)),
-            tooltip=["owner:N", "tag:N", "value:N", "status:N"])
-        text = base.mark_text(color="white", fontWeight="bold").encode(text="value:N")
-        return (cells + text).properties(title=title, height=24 * len(owners), width="container")
+def status_grid(rows: list[tuple[str, str, str, str]], title: str) -> alt.LayerChart:
+    """Key values as coloured cells (owner x tag): green inside limits, amber alert, red action, grey stale."""
+    df = pl.DataFrame(rows, schema={"owner": pl.String(), "tag": pl.String(), "status": pl.String(),
+                                    "value": pl.String()}, orient="row")
+    owners, tags = list(dict.fromkeys(df["owner"])), list(dict.fromkeys(df["tag"]))
+    scale = alt.Scale(domain=list(STATUS_COLOURS), range=list(STATUS_COLOURS.values()))
+    base = alt.Chart(df).encode(x=alt.X("tag:N", sort=tags, title=None, axis=alt.Axis(orient="top", labelAngle=0)),
+                                y=alt.Y("owner:N", sort=owners, title=None))
+    cells = base.mark_rect(stroke="white", strokeWidth=2).encode(
+        color=alt.Color("status:N", scale=scale, legend=alt.Legend(orient="bottom", title=None)),
+        tooltip=["owner:N", "tag:N", "value:N", "status:N"])
+    text = base.mark_text(color="white", fontWeight="bold").encode(text="value:N")
+    return (cells + text).properties(title=title, height=alt.Step(24))
 
-    unit_rows = [row for u in units for row in _grid_rows(u.unit, u.readings)]
-    room_rows = [row for r in rooms for row in _grid_rows(f"{r.room} ({r.grade})", r.readings)]
-    return alt.vconcat(grid(unit_rows, "Bioreactors: key values against alert/action limits"),
-                       grid(room_rows, "Rooms: particles (Annex 1), pressure, climate")).resolve_scale(color="shared")
+
+def unit_grid(units: list[q.UnitView]) -> alt.LayerChart:
+    return status_grid([row for u in units for row in _grid_rows(u.unit, u.readings)],
+                       "Bioreactors: key values against alert/action limits")
+
+
+def room_grid(rooms: list[q.RoomView]) -> alt.LayerChart:
+    return status_grid([row for r in rooms for row in _grid_rows(f"{r.room} ({r.grade})", r.readings)],
+                       "Rooms: particles (Annex 1), pressure, climate")
 
 
 @st.cache_resource(ttl=60, max_entries=4, show_spinner=False)

@@ -26,16 +26,22 @@ MERGE_GAP_H = 1.0  # alerts closer than this belong to one alarm episode
 PERSIST_MIN = 20.0  # an alert is raised once the risk stayed above the threshold this long (alarm on-delay)
 
 
-def sustained(batch: np.ndarray, t_h: np.ndarray, on: np.ndarray, minutes: float = PERSIST_MIN) -> np.ndarray:
-    """on[i] and every row of the same batch in the `minutes` before it; rows grouped by batch, by time."""
-    on = np.asarray(on, bool)
-    if minutes <= 0 or len(on) == 0:
-        return on
+def _window_start(batch: np.ndarray, t_h: np.ndarray, minutes: float) -> np.ndarray:
+    """Per row, the first row of the same batch at most `minutes` earlier (rows grouped by batch, by time)."""
     code = np.r_[0, np.cumsum(batch[1:] != batch[:-1])]  # a batch's rows are contiguous
     order_key = code * 1e6 + t_h  # batches never share a window: culture time stays far below 1e6 h
     if np.any(np.diff(order_key) < 0) or code[-1] + 1 != len(np.unique(batch)):
         raise ValueError("rows must be grouped by batch and sorted by time")
-    j = np.searchsorted(order_key, order_key - minutes / 60.0 - 1e-9, side="left")
+    return np.searchsorted(order_key, order_key - minutes / 60.0 - 1e-9, side="left")
+
+
+def sustained(batch: np.ndarray, t_h: np.ndarray, on: np.ndarray, minutes: float = PERSIST_MIN,
+              start: np.ndarray | None = None) -> np.ndarray:
+    """on[i] and every row of the same batch in the `minutes` before it; rows grouped by batch, by time."""
+    on = np.asarray(on, bool)
+    if minutes <= 0 or len(on) == 0:
+        return on
+    j = _window_start(batch, t_h, minutes) if start is None else start
     bad = np.r_[0, np.cumsum(~on)]
     return (bad[np.arange(len(on)) + 1] - bad[j]) == 0
 
@@ -67,9 +73,11 @@ def threshold_for_rate(p: np.ndarray, batch: np.ndarray, t_h: np.ndarray, excuse
                        target: float, persist_min: float = PERSIST_MIN) -> float:
     """Lowest threshold whose false-alarm rate is within target (scanning the predicted values)."""
     days = batch_days(batch, t_h)
-    cands = np.unique(np.quantile(p, np.linspace(0.5, 1.0, 201)))
+    start = _window_start(batch, t_h, persist_min) if len(p) else None
+    cands = np.unique(np.quantile(p, np.linspace(0.5, 1.0, 201))) if len(p) else np.array([])
     for thr in cands:
-        if false_alarm_rate(batch, t_h, sustained(batch, t_h, p >= thr, persist_min), excused, days) <= target:
+        on = sustained(batch, t_h, p >= thr, persist_min, start)
+        if false_alarm_rate(batch, t_h, on, excused, days) <= target:
             return float(thr)
     return float(np.nextafter(p.max(), np.inf))
 

@@ -54,7 +54,7 @@ class DomainModel:
         sd = xi.std(axis=0)
         self.sd_ = np.where(sd > 1e-9, sd, 1.0)
         z = (xi - self.mean_) / self.sd_
-        full = PCA(n_components=min(self.max_components, *z.shape), svd_solver="full").fit(z)
+        full = PCA(n_components=min(self.max_components, *z.shape), svd_solver="covariance_eigh").fit(z)
         k = int(min(np.searchsorted(np.cumsum(full.explained_variance_ratio_), self.variance) + 1, full.n_components_))
         self.components_ = full.components_[:k]
         self.variances_ = full.explained_variance_[:k]

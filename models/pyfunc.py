@@ -1,6 +1,7 @@
-"""MLflow pyfunc wrappers: a registered version is the model directory plus these thin loaders.
+"""MLflow pyfunc for both models, logged as "models from code" (no pickled objects in a GMP registry).
 
-Imported only by models.registry (MLflow is slow to import; libraries.md §3).
+A registered version is this file, the model directory (artifact "model_dir") and model_config {"kind": ...}.
+Imported only by models.registry and by MLflow when it loads a version (MLflow is slow to import).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from typing import Any
 import mlflow.pyfunc
 import pandas as pd
 import polars as pl
+from mlflow.models import set_model
 
 from models.deviation import DeviationModel
 from models.domain import DomainModel
@@ -20,29 +22,28 @@ def _frame(model_input: Any) -> pl.DataFrame:
     return model_input if isinstance(model_input, pl.DataFrame) else pl.from_pandas(pd.DataFrame(model_input))
 
 
-class YieldPyfunc(mlflow.pyfunc.PythonModel):
-    """pyfunc: feature rows -> yield_log10, lo, hi, trustworthy (applicability domain)."""
+class CellwatchPyfunc(mlflow.pyfunc.PythonModel):
+    """yield: rows -> yield_log10, lo, hi, trustworthy, reasons; deviation: rows -> risk, above_threshold."""
 
     def load_context(self, context: Any) -> None:
         root = context.artifacts["model_dir"]
-        self.model = YieldModel.load(root)
-        self.domain = DomainModel.load(f"{root}/domain.json")
+        self.kind = (context.model_config or {}).get("kind", "yield")
+        if self.kind == "yield":
+            self.model: YieldModel | DeviationModel = YieldModel.load(root)
+            self.domain: DomainModel | None = DomainModel.load(f"{root}/domain.json")
+        else:
+            self.model, self.domain = DeviationModel.load(root), None
 
-    def predict(self, context: Any, model_input: Any, params: dict[str, Any] | None = None) -> pd.DataFrame:
+    def predict(self, context: Any, model_input: list[Any], params: dict[str, Any] | None = None) -> pd.DataFrame:
         x = _frame(model_input)
+        if isinstance(self.model, DeviationModel):
+            p = self.model.predict_proba(x)
+            return pd.DataFrame({"risk": p, "above_threshold": p >= self.model.threshold_})
         out = self.model.predict_interval(x)
-        verdicts = self.domain.check(x)
+        verdicts = self.domain.check(x) if self.domain is not None else []
         out = out.with_columns(trustworthy=pl.Series([v.trustworthy for v in verdicts], dtype=pl.Boolean),
                                reasons=pl.Series(["; ".join(v.reasons) for v in verdicts], dtype=pl.String))
         return out.to_pandas()
 
 
-class DeviationPyfunc(mlflow.pyfunc.PythonModel):
-    """pyfunc: feature rows -> risk (calibrated probability) and above_threshold."""
-
-    def load_context(self, context: Any) -> None:
-        self.model = DeviationModel.load(context.artifacts["model_dir"])
-
-    def predict(self, context: Any, model_input: Any, params: dict[str, Any] | None = None) -> pd.DataFrame:
-        p = self.model.predict_proba(_frame(model_input))
-        return pd.DataFrame({"risk": p, "above_threshold": p >= self.model.threshold_})
+set_model(CellwatchPyfunc())

@@ -10,8 +10,10 @@ import json
 import os
 import subprocess
 import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import polars as pl
@@ -62,6 +64,7 @@ class LoadedModels:
 
 def setup(tracking: Tracking) -> Any:
     """Point MLflow at the store (creating it and the experiment) and return the mlflow module."""
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no progress bars in logs
     import mlflow
 
     tracking.db.parent.mkdir(parents=True, exist_ok=True)
@@ -102,7 +105,7 @@ def log_model(mlflow: Any, kind: str, model: YieldModel | DeviationModel, domain
     """Log one model (pyfunc) in the active run, register it as a new version, alias it `challenger`."""
     from mlflow.models import infer_signature
 
-    from models.pyfunc import DeviationPyfunc, YieldPyfunc
+    from models import pyfunc
 
     name = MODEL_NAMES[kind]
     with tempfile.TemporaryDirectory() as tmp:
@@ -110,15 +113,17 @@ def log_model(mlflow: Any, kind: str, model: YieldModel | DeviationModel, domain
         model.save(mdir)
         if domain is not None:
             domain.save(mdir / "domain.json")
-        probe = YieldPyfunc() if kind == "yield" else DeviationPyfunc()  # loaded only to infer the signature
-        probe.load_context(type("Ctx", (), {"artifacts": {"model_dir": str(mdir)}})())
+        probe = pyfunc.CellwatchPyfunc()  # loaded here only to infer the output signature
+        probe.load_context(SimpleNamespace(artifacts={"model_dir": str(mdir)}, model_config={"kind": kind}))
         inputs = example.select(model.encoder_.inputs)
         x = inputs.to_pandas()
         signature = infer_signature(x, probe.predict(None, inputs))
-        fresh = YieldPyfunc() if kind == "yield" else DeviationPyfunc()
-        info = mlflow.pyfunc.log_model(name="model", python_model=fresh, artifacts={"model_dir": str(mdir)},
-                                       signature=signature, input_example=x.head(3),
-                                       pip_requirements=PIP_REQUIREMENTS, registered_model_name=name)
+        with warnings.catch_warnings():  # MLflow warns about predict's type hints; the signature is explicit
+            warnings.simplefilter("ignore")
+            info = mlflow.pyfunc.log_model(name="model", python_model=pyfunc.__file__, model_config={"kind": kind},
+                                           artifacts={"model_dir": str(mdir)}, signature=signature,
+                                           input_example=x.head(3), pip_requirements=PIP_REQUIREMENTS,
+                                           registered_model_name=name)
     version = str(info.registered_model_version)
     c = mlflow.MlflowClient()
     for k, v in tags.items():

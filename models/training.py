@@ -117,11 +117,11 @@ def prepare(data: PlantData, split: Split, cfg: ModelConfig) -> Prepared:
 
 
 def _near_fault(rows: pl.DataFrame, devs: pl.DataFrame, cfg: ModelConfig) -> pl.Expr:
-    """Rows around where labels change: onset (12 h before to 24 h after) and end of each deviation."""
-    before = pl.duration(hours=cfg.warning_horizon_h + 12)
-    after = pl.duration(hours=cfg.warning_grace_h + 6)
+    """Rows around where labels change: onset (H + 6 h before to 12 h after) and end of each deviation."""
+    before = pl.duration(hours=cfg.warning_horizon_h + 6)
+    after = pl.duration(hours=cfg.warning_grace_h + 4)
     m = rows.select("batch_id", "t").join(devs.select("batch_id", "start_ts", "end_ts"), on="batch_id")
-    onset = (pl.col("t") >= pl.col("start_ts") - before) & (pl.col("t") < pl.col("start_ts") + pl.duration(hours=24))
+    onset = (pl.col("t") >= pl.col("start_ts") - before) & (pl.col("t") < pl.col("start_ts") + pl.duration(hours=12))
     ending = (pl.col("t") >= pl.col("end_ts") - pl.duration(hours=2)) & (pl.col("t") < pl.col("end_ts") + after)
     near = m.filter(onset | ending).select("batch_id", "t").unique()
     flag = rows.join(near.with_columns(_n=pl.lit(True)), on=["batch_id", "t"], how="left", maintain_order="left")

@@ -16,7 +16,7 @@ import numpy as np
 
 from models.boost import BASE_PARAMS
 
-MAX_ROUNDS = {"yield": 500, "deviation": 200}
+MAX_ROUNDS = {"yield": 500, "deviation": 150}
 METRIC = {"yield": "l2", "deviation": "binary_logloss"}
 
 
@@ -48,7 +48,7 @@ class TuneData:
 
 def _space(kind: str, trial: Any) -> dict[str, Any]:
     p = {
-        "learning_rate": trial.suggest_float("learning_rate", 0.04, 0.25, log=True),
+        "learning_rate": trial.suggest_float("learning_rate", 0.05, 0.3, log=True),
         "num_leaves": trial.suggest_int("num_leaves", 4, 40, log=True),
         "min_data_in_leaf": trial.suggest_int("min_data_in_leaf", 15, 200, log=True),
         "feature_fraction": trial.suggest_float("feature_fraction", 0.3, 1.0),

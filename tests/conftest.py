@@ -11,7 +11,8 @@ def panel_scenario(tmp_path_factory):
     """A data folder with history, running batches, users of every role, alarms, a deviation and advice."""
     import panel_scenario as ps
 
-    return ps.build(tmp_path_factory.mktemp("panel") / "plant", batches=10, live_hours=30)
+    scenario, _ = ps.build(tmp_path_factory.mktemp("panel") / "plant", batches=10, live_hours=30)
+    return scenario
 
 
 @pytest.fixture(scope="module")

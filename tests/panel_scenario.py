@@ -19,6 +19,7 @@ from plant.historian import Historian
 from plant.identity import LocalPasswords
 from plant.recommendations import Recommendation, RecommendationStore
 from plant.records import Records
+from plant.sim.faults import Injection
 from plant.sim.history import generate_history
 from plant.sim.live import LiveTwin
 from plant.sim.live_records import LiveRecorder
@@ -48,26 +49,54 @@ class Scenario:
     deviation_id: str
 
 
-def live_tail(site: Site, data: Path, start: datetime, hours: float, seed: int) -> dict[str, str]:
-    """Run the live twin for `hours` after `start` into data/; returns unit -> batch running at the end."""
-    twin = LiveTwin(site, seed, start)
-    hist = Historian(data / "historian")
-    with Records.open(data / "records.db") as records, hist.writer(max_rows=200_000, max_age_s=3600) as writer:
-        recorder = LiveRecorder(records, twin)
-        for minute in range(int(hours * 60)):
-            writer.append(twin.step())
-            if minute % 60 == 0:
-                recorder.sync()
-        recorder.sync()
-    return {s.unit: s.batch_id for s in twin.status() if s.batch_id}
+class LivePlant:
+    """The live twin writing into a data folder minute by minute, its records kept current as it goes."""
+
+    def __init__(self, site: Site, data: Path, start: datetime, seed: int,
+                 injections: list[Injection] | None = None) -> None:
+        self.twin = LiveTwin(site, seed, start, injections)
+        self.historian = Historian(data / "historian")
+        self.records = Records.open(data / "records.db")
+        self.recorder = LiveRecorder(self.records, self.twin)
+        self.writer = self.historian.writer(max_rows=200_000, max_age_s=3600)
+
+    def run(self, minutes: int, sync_every: int = 60) -> None:
+        """Advance `minutes` of plant time; the samples are stored (flushed) before this returns."""
+        for minute in range(minutes):
+            self.writer.append(self.twin.step())
+            if minute % sync_every == 0:
+                self.recorder.sync()
+        self.recorder.sync()
+        self.writer.flush()
+
+    @property
+    def now(self) -> datetime:
+        return self.twin.now
+
+    def running(self) -> dict[str, str]:
+        """unit -> batch running now."""
+        return {s.unit: s.batch_id for s in self.twin.status() if s.batch_id}
+
+    def close(self) -> None:
+        self.writer.close()
+        self.records.close()
 
 
-def build(data: Path, batches: int = 10, seed: int = 3, live_hours: float = 30.0, workers: int = 1) -> Scenario:
-    """Generate the whole scenario into `data` (about 15-25 s for the defaults)."""
+def build(data: Path, batches: int = 10, seed: int = 3, live_hours: float = 30.0, workers: int = 1,
+          keep_live: bool = False) -> tuple[Scenario, LivePlant | None]:
+    """Generate the whole scenario into `data` (20-30 s for the defaults); keep_live: the live plant stays
+    open to run on (close it when done), else it is closed."""
     site = load_demo_site()
     result = generate_history(site, data, batches, seed, workers=workers)
-    running = live_tail(site, data, result.end, live_hours, seed)
     now = result.end + timedelta(hours=live_hours)
+    # faults under way at `now`, so the pages have excursions, alarms and an alarm-opened deviation to show
+    faults = [Injection("temperature_excursion", "BR04", now - timedelta(hours=3), 8.0),
+              Injection("co2_supply_failure", "BR06", now - timedelta(hours=2), 6.0)]
+    live = LivePlant(site, data, result.end, seed, faults)
+    live.run(int(live_hours * 60))
+    running = live.running()
+    if not keep_live:
+        live.close()
     with Records.open(data / "records.db") as records:
         audit = AuditTrail(records)
         users = Users(records, audit, identity=FAST)
@@ -87,7 +116,7 @@ def build(data: Path, batches: int = 10, seed: int = 3, live_hours: float = 30.0
                         "Operator saw a fold in the bag during the daily check; no leak found.",
                         now - timedelta(hours=2), owner=unit, reason="found at daily inspection")
         [rec_id] = RecommendationStore(records).add([recommendation(batch, unit, now)])
-    return Scenario(data, result.end, now, running, rec_id, dev.deviation_id)
+    return Scenario(data, result.end, now, running, rec_id, dev.deviation_id), live if keep_live else None
 
 
 def recommendation(batch_id: str, unit: str, now: datetime, proposed: float = 37.5) -> Recommendation:

@@ -32,11 +32,11 @@ def live() -> None:
                        "Cleaner grades must hold the higher pressure.")
         with left:
             st.subheader("Particles, last 24 h, against Annex 1")
-            summary = q.particle_summary(plant.site, cached.trend(data, "live", q.particle_tags(plant.site), now - WINDOW,
-                                                                 now + timedelta(minutes=1), 288))
-            st.dataframe(summary, hide_index=True, width="stretch",
-                         column_config={"% of limit": st.column_config.ProgressColumn(format="%.0f%%", min_value=0,
-                                                                                       max_value=100)})
+            peaks = cached.trend(data, "live", q.particle_tags(plant.site), now - WINDOW, now + timedelta(minutes=1),
+                                 24, "max")
+            st.dataframe(q.particle_summary(plant.site, peaks), hide_index=True, width="stretch", column_config={
+                "highest /m3": st.column_config.NumberColumn(format="localized"),
+                "% of limit": st.column_config.ProgressColumn(format="%.0f%%", min_value=0, max_value=100)})
         room = st.selectbox("Room", [r.room for r in rooms], key="cr_room",
                             format_func=lambda r: f"{r} (grade {plant.site.rooms[r].grade}) {plant.site.rooms[r].name}")
         values = cached.trend(data, "live", (f"{room}.P05", f"{room}.P50"), now - WINDOW, now + timedelta(minutes=1), 288)

@@ -23,7 +23,8 @@ def live() -> None:
         units, rooms = cached.units(data, now), cached.rooms(data, now)
         st.caption(f"Data time {now:%Y-%m-%d %H:%M} UTC · updates every {ui.REFRESH_S:g} s "
                    f"(last {datetime.now(timezone.utc):%H:%M:%S} UTC)")
-        charts.show(views.status_grid(units, rooms))
+        charts.show(views.unit_grid(units))
+        charts.show(views.room_grid(rooms))
         views.unit_cards(units, views.harvest_forecasts(units, now))
         st.subheader("Rooms")
         st.dataframe(views.rooms_table(rooms), hide_index=True, width="stretch")

@@ -26,15 +26,15 @@ def pending_card(rec: dict) -> None:
     with st.container(border=True):
         st.markdown(f"**{rec['unit']} · {rec['tag']}: {rec['current']:g} → {rec['proposed']:g} {uom}** "
                     f"· batch `{rec['batch_id']}` · `{rec['id']}`")
-        c = st.columns(4)
-        c[0].metric("Expected yield gain", f"{rec['gain']:+.1%}")
-        c[1].metric("Interval", f"{rec['gain_low']:+.1%} … {rec['gain_high']:+.1%}")
-        c[2].metric("Deviation risk change", f"{rec['risk_change']:+.1%}")
-        c[3].metric("Model", rec["model_version"])
+        c = st.columns(3)
+        c[0].metric("Expected yield gain", f"{rec['gain']:+.1%}", f"interval {rec['gain_low']:+.1%} to "
+                    f"{rec['gain_high']:+.1%}", delta_color="off", delta_arrow="off")
+        c[1].metric("Deviation risk change", f"{rec['risk_change']:+.1%}")
+        c[2].metric("Model", rec["model_version"])
         drivers = pl.DataFrame([(f, float(v)) for f, v in json.loads(rec["drivers"])],
                                schema={"feature": pl.String(), "contribution": pl.Float64()}, orient="row")
         if drivers.height:
-            charts.show(charts.drivers_chart(drivers, height=24 * drivers.height + 20))
+            charts.show(charts.drivers_chart(drivers))
         st.caption(f"Proposed {rec['created_ts']:%Y-%m-%d %H:%M} UTC"
                    + (f" · PAR {tag.par[0]:g}-{tag.par[1]:g} {uom}, largest step {tag.max_step:g}" if tag and tag.par else ""))
         if may_decide:
