@@ -224,19 +224,24 @@ def generate_history(site: Site, out_dir: Path, n_batches: int, seed: int, start
     total = math.ceil(len(plans) / CHUNK) + math.ceil(days / ROOM_BLOCK_DAYS)
     done = 0
     outs: list[_ChunkOut] = []
-    # spawn, not fork: a forked child of a process whose polars thread pool is running can deadlock.
-    with ProcessPoolExecutor(max_workers=max(1, workers), mp_context=get_context("spawn")) as pool:
-        futures = [pool.submit(_bank_task, plans[i:i + CHUNK], unit_tags, root, site.info.code)
-                   for i in range(0, len(plans), CHUNK)]
-        for d in range(0, days, ROOM_BLOCK_DAYS):
-            minutes = min(ROOM_BLOCK_DAYS, days - d) * 1440
-            futures.append(pool.submit(_room_task, site, seed, injections, fault_rate_scale,
-                                       day0 + timedelta(days=d), minutes, root))
-        for fut in futures:
-            outs.append(fut.result())
+    tasks = [(_bank_task, (plans[i:i + CHUNK], unit_tags, root, site.info.code)) for i in range(0, len(plans), CHUNK)]
+    for d in range(0, days, ROOM_BLOCK_DAYS):
+        minutes = min(ROOM_BLOCK_DAYS, days - d) * 1440
+        tasks.append((_room_task, (site, seed, injections, fault_rate_scale, day0 + timedelta(days=d), minutes, root)))
+    if workers <= 1:  # in this process: no pool to start or lose
+        for fn, args in tasks:
+            outs.append(fn(*args))
             done += 1
             if progress:
                 progress(done, total)
+    else:
+        # spawn, not fork: a forked child of a process whose polars thread pool has run can deadlock.
+        with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
+            for fut in [pool.submit(fn, *args) for fn, args in tasks]:
+                outs.append(fut.result())
+                done += 1
+                if progress:
+                    progress(done, total)
     merged = _ChunkOut()
     for o in outs:
         merged.samples += o.samples
