@@ -93,7 +93,8 @@ def refresh_times(page, ticks: int) -> list[float]:
         const app = document.querySelector('[data-testid="stApp"]');
         new MutationObserver(() => { const s = app.getAttribute('data-test-script-state');
             if (s === 'running') start = performance.now();
-            else if (s === 'notRunning' && start !== null) { window.__runs.push(performance.now() - start); start = null; }
+            else if (s === 'notRunning' && start !== null) {
+                window.__runs.push(performance.now() - start); start = null; }
         }).observe(app, {attributes: true, attributeFilter: ['data-test-script-state']}); }""")
     deadline = time.monotonic() + ticks * 5 * 3 + 30
     while time.monotonic() < deadline and page.evaluate("window.__runs.length") < ticks:

@@ -41,6 +41,7 @@ from plant.users import Users
 VALIDATOR = "validator"
 EXCURSION_MIN = 5  # minutes beyond an action limit that make one excursion
 IPC_MIN = 5 * 1440 + 60  # day-5 CAR % in-process control, as the history generator stamps it
+METHOD = {"VCD": "cell counter", "VIAB": "cell counter"}
 
 
 def recipe_plan(site: Site, plan: BatchPlan) -> BatchPlan:
@@ -139,8 +140,7 @@ class _AdvisedPlant:
         self.offline_seen = len(bank.offline)
         results = [OfflineResult(self.plans[s.batch_index - offset].batch_id,
                                  self.plans[s.batch_index - offset].start + timedelta(minutes=s.minute), s.analyte,
-                                 s.value, s.unit, "cell counter" if s.analyte in ("VCD", "VIAB") else "offline analyser")
-                   for s in new]
+                                 s.value, s.unit, METHOD.get(s.analyte, "offline analyser")) for s in new]
         if not self.ipc_done and bank.minute > IPC_MIN:  # day-5 CAR %, drawn as the history generator draws it
             self.ipc_done = True
             for p in self.plans:
@@ -186,7 +186,8 @@ def _advise(plant: _AdvisedPlant, rec: Recommender, bank: Bank, offset: int, min
             counts.changes[bid] += 1
 
 
-def _arm(plan: BatchPlan, harvest: dict[str, float], excursions: int) -> ArmResult:
+def arm_result(plan: BatchPlan, harvest: dict[str, float], excursions: int) -> ArmResult:
+    """One arm at harvest: the release panel measured as the twin measures it, faults, excursions."""
     end = plan.start + timedelta(hours=plan.harvest_h)
     results = release_results(plan, harvest, end)
     tvc = next(r.value for r in results if r.attribute == "TOTAL_VIABLE_CELLS")
@@ -211,7 +212,7 @@ def validate(site: Site, models: RecommenderModels, n_pairs: int, seed: int, out
     excursions = _Excursions(site, plans + plans)
     counts = _Counts(Counter(), Counter())
     harvest: dict[int, dict[str, float]] = {}
-    cadence = int(round(cadence_h * 60))
+    cadence = round(cadence_h * 60)
     steps = int(bank.n_steps.max())
     noise = bank.draw_noise(1440)
     while bank.minute < steps:
@@ -234,9 +235,12 @@ def validate(site: Site, models: RecommenderModels, n_pairs: int, seed: int, out
     plant.flush(bank, n)
     pairs = []
     for i, p in enumerate(plans):
-        a, b = _arm(p, harvest[i], excursions.count[i]), _arm(p, harvest[n + i], excursions.count[n + i])
-        plant.records.update_batch(p.batch_id, end_ts=p.start + timedelta(hours=p.harvest_h), status="harvested",
+        a = arm_result(p, harvest[i], excursions.count[i])
+        b = arm_result(p, harvest[n + i], excursions.count[n + i])
+        end = p.start + timedelta(hours=p.harvest_h)
+        plant.records.update_batch(p.batch_id, end_ts=end, status="harvested",
                                    disposition="released" if b.released else "rejected")
+        plant.records.add_release_results(release_results(p, harvest[n + i], end))  # the same draws as arm_result
         pairs.append(PairResult(p.batch_id, p.unit, p.unit_kind, a, b, counts.changes[p.batch_id]))
     plant.records.close()
     return summarise(tuple(pairs), seed, cadence_h, models.version, dict(counts.advice), counts.outside,

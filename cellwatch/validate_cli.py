@@ -12,7 +12,7 @@ DEFAULT_OUT = Path("data") / "validation"
 
 
 def _models(out: Path, models_dir: Path | None, history: Path | None, train_batches: int, train_seed: int,
-            site, telemetry_batches: int):  # noqa: ANN001, ANN202
+            site, telemetry_batches: int):
     from models.recommend_train import TrainConfig, load_models, save_models, train_recommender
     from plant.historian import Historian
     from plant.records import Records
@@ -41,14 +41,15 @@ def _models(out: Path, models_dir: Path | None, history: Path | None, train_batc
 @click.command("validate-recommender")
 @click.option("--batches", "-n", default=100, show_default=True, type=click.IntRange(1, 10_000),
               help="Paired batches to run (each: a recipe arm and an advised arm).")
-@click.option("--seed", "-s", default=2024, show_default=True, type=click.IntRange(0), help="Seed of the paired batches.")
+@click.option("--seed", "-s", default=2024, show_default=True, type=click.IntRange(0),
+              help="Seed of the paired batches.")
 @click.option("--out", "-o", default=DEFAULT_OUT, show_default=True, type=click.Path(path_type=Path),
               help="Folder for the advised arm's historian, records, models and the report.")
 @click.option("--models", "models_dir", type=click.Path(path_type=Path, file_okay=False),
               help="Use these saved recommender models (else train).")
 @click.option("--history", type=click.Path(path_type=Path, file_okay=False),
               help="Train on this plant history (historian/ + records.db); default: simulate one.")
-@click.option("--train-batches", default=2000, show_default=True, type=click.IntRange(20),
+@click.option("--train-batches", default=3000, show_default=True, type=click.IntRange(20),
               help="Batches of history to simulate when neither --models nor --history is given.")
 @click.option("--train-seed", type=click.IntRange(0), help="Seed of the simulated history (default: seed + 1).")
 @click.option("--telemetry-batches", default=300, show_default=True, type=click.IntRange(10),

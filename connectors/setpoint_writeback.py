@@ -61,7 +61,7 @@ class SetpointWriteBack:
                           None if value is None else {"value": value, "source": "recommendation"}, why)
 
     def _check(self, username: str, rec_id: str) -> tuple[Tag, float, float, str]:
-        """The tag, old and new value and the batch/tag entity id of an approved recommendation, or a recorded refusal."""
+        """Tag, old and new value and audit entity of an approved recommendation; else a recorded refusal."""
         rec, status = self.store.get(rec_id)
         entity = f"{rec.batch_id}/{rec.tag}"
         row = self.store.table(batch_id=rec.batch_id).filter(id=rec_id).row(0, named=True)
@@ -113,7 +113,7 @@ class SetpointWriteBack:
                     read_back = float(await node.read_value())
                 finally:
                     await client.disconnect()
-        except Exception as exc:  # noqa: BLE001 - every failure is recorded and reported, none is swallowed silently
+        except Exception as exc:  # any failure (refusal, timeout, lost connection) is recorded and returned
             status = explain(exc, endpoint, self.security) if not isinstance(exc, ua.UaStatusCodeError) \
                 else f"{type(exc).__name__}: the server refused the write"
             self._refuse(username, entity, value, f"{rec_id}: {status}; {reason}", action="write_failed")

@@ -79,7 +79,8 @@ def unshelve_alarm(plant: Plant, session: Session, alarm_id: str, reason: str) -
 def open_deviation(plant: Plant, session: Session, title: str, description: str, owner: str | None,
                    event_ts: datetime) -> Deviation:
     """Open a deviation by hand (needs deviation.open); batches running on the owner are linked."""
-    return plant.deviations.open(session, title, description, event_ts, owner=owner or None, reason="opened in the panel")
+    return plant.deviations.open(session, title, description, event_ts, owner=owner or None,
+                                 reason="opened in the panel")
 
 
 def move_deviation(plant: Plant, session: Session, deviation_id: str, to: str, reason: str,

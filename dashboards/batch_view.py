@@ -7,7 +7,8 @@ from datetime import datetime
 import polars as pl
 import streamlit as st
 
-from dashboards import cached, charts, predictions, queries as q, ui, views
+from dashboards import cached, charts, predictions, ui, views
+from dashboards import queries as q
 from plant.records import BatchRecord
 
 
@@ -21,16 +22,17 @@ def label(b: BatchRecord, source: str, now: datetime | None) -> str:
 
 
 def header(b: BatchRecord, source: str, now: datetime | None) -> None:
-    cols = st.columns(5)
+    cols = st.columns(4)
     cols[0].metric("Unit", b.unit)
-    cols[1].metric("Recipe", b.recipe)
-    cols[2].metric("Status", b.status)
+    cols[1].metric("Status", b.status)
     ref = b.end_ts or now or b.start_ts
-    cols[3].metric("Culture day", f"{(ref - b.start_ts).total_seconds() / 86400:.1f}")
-    cols[4].metric("Disposition", b.disposition or "-")
-    st.caption(f"Started {b.start_ts:%Y-%m-%d %H:%M} UTC · planned end {b.planned_end_ts:%Y-%m-%d %H:%M} UTC"
-               + (f" · {b.kind.replace('_', ' ')}" if b.kind != "production" else "")
-               + (" · from the plant history" if source == "history" else ""))
+    cols[2].metric("Culture day", f"{(ref - b.start_ts).total_seconds() / 86400:.1f}")
+    cols[3].metric("Disposition", b.disposition or "-")
+    about = [f"recipe {b.recipe}", f"started {b.start_ts:%Y-%m-%d %H:%M} UTC",
+             f"planned end {b.planned_end_ts:%Y-%m-%d %H:%M} UTC"]
+    about += [b.kind.replace("_", " ")] if b.kind != "production" else []
+    about += ["from the plant history"] if source == "history" else []
+    st.caption(" · ".join(about))
 
 
 def trends(data: str, b: BatchRecord, source: str, now: datetime | None) -> None:
@@ -39,6 +41,7 @@ def trends(data: str, b: BatchRecord, source: str, now: datetime | None) -> None
 
     @st.fragment(run_every=ui.REFRESH_S * 6 if running else None)
     def draw() -> None:
+        ui.check_idle()
         with ui.errors("reading the trends"):
             at = cached.now(data) if running else now
             start, end = q.batch_window(b, at or b.start_ts)
@@ -46,13 +49,14 @@ def trends(data: str, b: BatchRecord, source: str, now: datetime | None) -> None
             tags = q.key_tags(site, b.unit)
             sps = {t.controls: t for t in site.controllable(b.unit) if t.controls}
             values = cached.trend(data, source, tuple(t.name for t in tags), start, end)
-            steps = cached.setpoint_steps(data, source, tuple(s.name for s in sps.values()), start, end) if sps else None
-            cols = st.columns(2)
-            for i, tag in enumerate(tags):
+            sp_names = tuple(s.name for s in sps.values())
+            steps = cached.setpoint_steps(data, source, sp_names, start, end) if sps else None
+            panels = []
+            for tag in tags:
                 sp = sps.get(tag.name)
                 sp_frame = steps.filter(pl.col("tag") == sp.name) if sp is not None and steps is not None else None
-                chart = charts.trend_chart(values.filter(pl.col("tag") == tag.name), tag, sp_frame, sp)
-                charts.show(chart, cols[i % 2])
+                panels.append(charts.trend_chart(values.filter(pl.col("tag") == tag.name), tag, sp_frame, sp, 120))
+            charts.show(charts.stack(panels))
             st.caption("Red dashed: action limits · amber dashed: alert limits · green band: proven acceptable "
                        "range of the setpoint · grey steps: setpoint")
     draw()
@@ -74,19 +78,18 @@ def model_outputs(b: BatchRecord, now: datetime | None) -> None:
     if isinstance(model, predictions.Unavailable):
         st.info(model.why)
         return
-    at = b.end_ts or now or b.start_ts
+    at = views.model_time(b.end_ts or now or b.start_ts)
     with ui.errors("asking the model"):
-        traj = model.yield_trajectory(b.batch_id, at)
+        traj, risk, drivers = views.model_outputs(ui.data_key(), b.batch_id, at)
         if isinstance(traj, predictions.Unavailable):
             st.info(f"Yield: {traj.why}")
         else:
-            charts.show(charts.interval_chart(traj, f"Predicted harvest yield ({model.version})", "yield"))
-        risk = model.risk(b.batch_id, at)
+            charts.show(charts.interval_chart(traj, f"Predicted harvest yield, viable cells ({model.version})",
+                                              "viable cells"))
         if isinstance(risk, predictions.Unavailable):
             st.info(f"Deviation risk: {risk.why}")
         else:
-            charts.show(charts.risk_chart(risk, 0.7))
-        drivers = model.drivers(b.batch_id, at)
+            charts.show(charts.risk_chart(risk, model.threshold))
         if isinstance(drivers, predictions.Unavailable):
             st.info(f"Drivers: {drivers.why}")
         else:

@@ -31,20 +31,22 @@ def alarm_states(data: str, now: datetime | None) -> pl.DataFrame:
 
 
 @st.cache_data(**_LIVE)
+def snapshot(data: str, now: datetime) -> tuple[list[q.UnitView], list[q.RoomView]]:
+    """Every unit and room at `now` (one read of the newest values)."""
+    return q.snapshot(_plant(data), now, alarm_states(data, now))
+
+
 def units(data: str, now: datetime) -> list[q.UnitView]:
-    p = _plant(data)
-    return q.unit_views(p, now, alarm_states(data, now))
+    return snapshot(data, now)[0]
 
 
-@st.cache_data(**_LIVE)
 def rooms(data: str, now: datetime) -> list[q.RoomView]:
-    p = _plant(data)
-    return q.room_views(p, now, alarm_states(data, now))
+    return snapshot(data, now)[1]
 
 
 @st.cache_data(**_LIVE)
 def trend(data: str, source: str, tags: tuple[str, ...], start: datetime, end: datetime,
-          points: int = 600, agg: str = "mean") -> pl.DataFrame:
+          points: int = 360, agg: str = "mean") -> pl.DataFrame:
     return q.trend(_plant(data).source(source), tags, start, end, points, agg)
 
 

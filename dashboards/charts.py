@@ -1,115 +1,177 @@
-"""Altair charts of the panel: trends against limit bands, prediction intervals, particles, pressure cascade."""
+"""Charts of the panel as Vega-Lite specs: trends against limit bands, prediction intervals, particles,
+the pressure cascade, status grids.
+
+The specs are written as plain dicts (rendered by st.vega_lite_chart, the engine Altair also targets):
+building the same charts through Altair cost 40-300 ms each on the plant's 2-core server, mostly in
+its schema machinery, which the 5-second live tiles and the 2-second page target cannot afford
+(docs/decisions/0006-panel-charts-and-live-tiles.md).
+"""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
-import altair as alt
 import polars as pl
 import streamlit as st
 
 from dashboards.queries import bands
 from plant.site import Tag
 
+Spec = dict[str, Any]
 # Colours carry meaning: red action, amber alert, green PAR, blue process value, grey setpoint.
 ACTION, ALERT, PAR, VALUE, SETPOINT = "#c62828", "#ef8f00", "#2e7d32", "#1f77b4", "#616161"
-_T = alt.X("ts:T", title="time (UTC)", scale=alt.Scale(type="utc"), axis=alt.Axis(format="%d %b %H:%M"))
+T = {"field": "ts", "type": "temporal", "title": "time (UTC)", "scale": {"type": "utc"},
+     "axis": {"format": "%d %b %H:%M", "labelOverlap": True}}
+T_TIP = {"field": "ts", "type": "temporal", "title": "UTC", "timeUnit": "utcyearmonthdatehoursminutes"}
 
 
-def show(chart: alt.TopLevelMixin, where: Any = None, width: str = "stretch") -> None:
-    """Draw a chart. The spec is built without Altair's JSON-schema validation, which cost more than the
-    rest of a page's server time; the charts here are fixed code, checked by the tests instead."""
-    (where or st).vega_lite_chart(chart.to_dict(validate=False), width=width)
+def show(spec: Spec, where: Any = None, width: str = "stretch") -> None:
+    """Draw a chart spec in the page (or in a column/container)."""
+    (where or st).vega_lite_chart(spec, width=width)
 
 
-def _limit_rules(tag: Tag) -> pl.DataFrame:
-    rows = [(k.replace("_", " "), v) for k, v in bands(tag).items() if v is not None and not k.startswith("par")]
-    return pl.DataFrame(rows, schema={"limit": pl.String(), "value": pl.Float64()}, orient="row")
+def values(df: pl.DataFrame) -> list[dict[str, Any]]:
+    """Rows of an inline dataset: times as UTC ISO strings, NaN as null (JSON has no NaN)."""
+    fixes = [pl.col(c).dt.strftime("%Y-%m-%dT%H:%M:%SZ") for c, t in df.schema.items() if isinstance(t, pl.Datetime)]
+    fixes += [pl.col(c).fill_nan(None) for c, t in df.schema.items() if t in (pl.Float64, pl.Float32)]
+    return df.with_columns(fixes).to_dicts() if fixes else df.to_dicts()
 
 
-def trend_chart(values: pl.DataFrame, tag: Tag, setpoint: pl.DataFrame | None = None, sp_tag: Tag | None = None,
-                height: int = 180) -> alt.LayerChart:
-    """A tag's trend with its alert (amber) and action (red) limits, and its setpoint's PAR (green band)."""
-    title = f"{tag.short} [{tag.uom}]" + (f" - {tag.description}" if tag.description else "")
-    y = alt.Y("value:Q", title=tag.uom, scale=alt.Scale(zero=False))
-    layers: list[alt.Chart] = []
+def _q(field: str, title: str | None = None, **extra: Any) -> Spec:
+    return {"field": field, "type": "quantitative", **({"title": title} if title is not None else {}), **extra}
+
+
+def _n(field: str, **extra: Any) -> Spec:
+    return {"field": field, "type": "nominal", **extra}
+
+
+def trend_chart(data: pl.DataFrame, tag: Tag, setpoint: pl.DataFrame | None = None, sp_tag: Tag | None = None,
+                height: int = 170) -> Spec:
+    """A tag's trend with its alert (amber) and action (red) limits and its setpoint's PAR (green band)."""
+    layers: list[Spec] = []
     par = sp_tag.par if sp_tag is not None else tag.par
     if par is not None:
-        band = pl.DataFrame({"low": [par[0]], "high": [par[1]]})
-        layers.append(alt.Chart(band).mark_rect(color=PAR, opacity=0.12).encode(
-            y="low:Q", y2="high:Q", tooltip=[alt.Tooltip("low:Q", title="PAR low"), alt.Tooltip("high:Q", title="PAR high")]))
-    limits = _limit_rules(tag)
-    if limits.height:
-        colour = alt.Color("limit:N", legend=None, scale=alt.Scale(
-            domain=["action low", "alert low", "alert high", "action high"], range=[ACTION, ALERT, ALERT, ACTION]))
-        layers.append(alt.Chart(limits).mark_rule(strokeDash=[5, 4]).encode(y="value:Q", color=colour,
-                                                                           tooltip=["limit:N", "value:Q"]))
-    layers.append(alt.Chart(values).mark_line(color=VALUE, strokeWidth=1.4).encode(
-        x=_T, y=y, tooltip=[alt.Tooltip("ts:T", format="%Y-%m-%d %H:%M", title="UTC"), alt.Tooltip("value:Q", format=".3g")]))
+        layers.append({"data": {"values": [{"low": par[0], "high": par[1]}]},
+                       "mark": {"type": "rect", "color": PAR, "opacity": 0.12},
+                       "encoding": {"y": _q("low"), "y2": {"field": "high"},
+                                    "tooltip": [_q("low", "PAR low"), _q("high", "PAR high")]}})
+    limits = [{"limit": k.replace("_", " "), "value": v} for k, v in bands(tag).items()
+              if v is not None and not k.startswith("par")]
+    if limits:
+        colour = _n("limit", legend=None, scale={"domain": ["action low", "alert low", "alert high", "action high"],
+                                                  "range": [ACTION, ALERT, ALERT, ACTION]})
+        layers.append({"data": {"values": limits}, "mark": {"type": "rule", "strokeDash": [5, 4]},
+                       "encoding": {"y": _q("value"), "color": colour, "tooltip": [_n("limit"), _q("value")]}})
+    layers.append({"data": {"values": values(data.select("ts", "value"))},
+                   "mark": {"type": "line", "color": VALUE, "strokeWidth": 1.4},
+                   "encoding": {"x": T, "y": _q("value", tag.uom, scale={"zero": False}),
+                                "tooltip": [T_TIP, _q("value", format=".4g")]}})
     if setpoint is not None and setpoint.height:
-        layers.append(alt.Chart(setpoint).mark_line(color=SETPOINT, strokeDash=[2, 2], interpolate="step-after").encode(
-            x=_T, y="value:Q", tooltip=[alt.Tooltip("value:Q", title="setpoint")]))
-    return alt.layer(*layers).properties(title=title, height=height)
+        layers.append({"data": {"values": values(setpoint.select("ts", "value"))},
+                       "mark": {"type": "line", "color": SETPOINT, "strokeDash": [2, 2], "interpolate": "step-after"},
+                       "encoding": {"x": T, "y": _q("value"), "tooltip": [_q("value", "setpoint")]}})
+    title = f"{tag.short} [{tag.uom}]" + (f" - {tag.description}" if tag.description else "")
+    return {"title": title, "height": height, "layer": layers}
 
 
-def interval_chart(traj: pl.DataFrame, title: str, y_title: str, height: int = 200) -> alt.LayerChart:
+def stack(panels: list[Spec]) -> Spec:
+    """Charts one above the other on one time axis (one view: cheaper to draw than separate charts, and an
+    event lines up across tags)."""
+    return {"vconcat": [{**p, "width": "container"} for p in panels], "resolve": {"scale": {"color": "independent"}}}
+
+
+def status_grid(rows: pl.DataFrame, title: str, colours: dict[str, str]) -> Spec:
+    """Values as coloured cells, owner by tag (columns owner, tag, status, value as text)."""
+    owners, tags = list(dict.fromkeys(rows["owner"])), list(dict.fromkeys(rows["tag"]))
+    colour = _n("status", scale={"domain": list(colours), "range": list(colours.values())},
+                legend={"orient": "bottom", "title": None})
+    return {"title": title, "data": {"values": values(rows)}, "height": {"step": 24},
+            "encoding": {"x": _n("tag", sort=tags, title=None, axis={"orient": "top", "labelAngle": 0}),
+                         "y": _n("owner", sort=owners, title=None)},
+            "layer": [{"mark": {"type": "rect", "stroke": "white", "strokeWidth": 2},
+                       "encoding": {"color": colour, "tooltip": [_n("owner"), _n("tag"), _n("value"), _n("status")]}},
+                      {"mark": {"type": "text", "color": "white", "fontWeight": "bold"},
+                       "encoding": {"text": _n("value")}}]}
+
+
+def interval_chart(traj: pl.DataFrame, title: str, y_title: str, height: int = 200) -> Spec:
     """A prediction over time: median line and its interval (columns ts, low, mid, high)."""
-    area = alt.Chart(traj).mark_area(opacity=0.25, color=VALUE).encode(x=_T, y=alt.Y("low:Q", title=y_title), y2="high:Q")
-    line = alt.Chart(traj).mark_line(color=VALUE).encode(
-        x=_T, y="mid:Q", tooltip=[alt.Tooltip("ts:T", format="%Y-%m-%d %H:%M"), "low:Q", "mid:Q", "high:Q"])
-    return alt.layer(area, line).properties(title=title, height=height)
+    return {"title": title, "height": height, "data": {"values": values(traj.select("ts", "low", "mid", "high"))},
+            "layer": [{"mark": {"type": "area", "opacity": 0.25, "color": VALUE},
+                       "encoding": {"x": T, "y": _q("low", y_title), "y2": {"field": "high"}}},
+                      {"mark": {"type": "line", "color": VALUE},
+                       "encoding": {"x": T, "y": _q("mid"), "tooltip": [T_TIP, _q("low"), _q("mid"), _q("high")]}}]}
 
 
-def risk_chart(risk: pl.DataFrame, threshold: float, height: int = 160) -> alt.LayerChart:
+def risk_chart(risk: pl.DataFrame, threshold: float, height: int = 160) -> Spec:
     """Deviation risk (0-1) over time with the alarm threshold (columns ts, risk)."""
-    line = alt.Chart(risk).mark_line(color=ALERT).encode(
-        x=_T, y=alt.Y("risk:Q", title="risk", scale=alt.Scale(domain=[0, 1])), tooltip=["ts:T", "risk:Q"])
-    rule = alt.Chart(pl.DataFrame({"threshold": [threshold]})).mark_rule(color=ACTION, strokeDash=[5, 4]).encode(
-        y="threshold:Q")
-    return alt.layer(line, rule).properties(title="Deviation risk", height=height)
+    return {"title": "Deviation risk", "height": height,
+            "layer": [{"data": {"values": values(risk.select("ts", "risk"))}, "mark": {"type": "line", "color": ALERT},
+                       "encoding": {"x": T, "y": _q("risk", "risk", scale={"domain": [0, 1]}),
+                                    "tooltip": [T_TIP, _q("risk", format=".2f")]}},
+                      {"data": {"values": [{"threshold": threshold}]},
+                       "mark": {"type": "rule", "color": ACTION, "strokeDash": [5, 4]},
+                       "encoding": {"y": _q("threshold")}}]}
 
 
-def drivers_chart(drivers: pl.DataFrame) -> alt.Chart:
-    """Top drivers as signed bars (columns feature, contribution)."""
-    return alt.Chart(drivers).mark_bar().encode(
-        x=alt.X("contribution:Q", title="contribution"), y=alt.Y("feature:N", sort="-x", title=None),
-        color=alt.condition("datum.contribution > 0", alt.value(PAR), alt.value(ACTION)),
-        tooltip=["feature:N", alt.Tooltip("contribution:Q", format="+.3f")]).properties(height=alt.Step(22))
+def drivers_chart(drivers: pl.DataFrame) -> Spec:
+    """Drivers as signed bars, green raising and red lowering the prediction (columns feature, contribution)."""
+    return {"data": {"values": values(drivers.select("feature", "contribution"))}, "height": {"step": 22},
+            "mark": {"type": "bar"},
+            "encoding": {"x": _q("contribution", "contribution"), "y": _n("feature", sort="-x", title=None),
+                         "color": {"condition": {"test": "datum.contribution > 0", "value": PAR}, "value": ACTION},
+                         "tooltip": [_n("feature"), _q("contribution", format="+.3f")]}}
 
 
-def offline_chart(samples: pl.DataFrame) -> alt.FacetChart:
+def offline_chart(samples: pl.DataFrame) -> Spec:
     """Offline samples, one small chart per analyte (columns ts, analyte, value, unit)."""
-    base = alt.Chart(samples).mark_line(point=True).encode(
-        x=_T, y=alt.Y("value:Q", title=None, scale=alt.Scale(zero=False)),
-        tooltip=["analyte:N", alt.Tooltip("ts:T", format="%Y-%m-%d %H:%M"), "value:Q", "unit:N"])
-    return base.properties(width=260, height=130).facet(facet=alt.Facet("analyte:N", title=None), columns=3) \
-        .resolve_scale(y="independent")
+    return {"data": {"values": values(samples.select("ts", "analyte", "value", "unit"))},
+            "facet": _n("analyte", title=None), "columns": 3, "resolve": {"scale": {"y": "independent"}},
+            "spec": {"width": 260, "height": 130, "mark": {"type": "line", "point": True},
+                     "encoding": {"x": T, "y": _q("value", None, scale={"zero": False}),
+                                  "tooltip": [_n("analyte"), T_TIP, _q("value"), _n("unit")]}}}
 
 
-def particles_chart(values: pl.DataFrame, limits: pl.DataFrame, title: str, height: int = 200) -> alt.LayerChart:
-    """Particle counts per m3 (log scale) with the Annex 1 limits (columns ts, room, value; limits: label, value)."""
-    line = alt.Chart(values).mark_line(strokeWidth=1.2).encode(
-        x=_T, y=alt.Y("value:Q", title="/m3", scale=alt.Scale(type="symlog")), color=alt.Color("room:N", legend=None),
-        tooltip=["room:N", alt.Tooltip("ts:T", format="%H:%M"), alt.Tooltip("value:Q", format=",.0f")])
-    rules = alt.Chart(limits).mark_rule(strokeDash=[5, 4], color=ACTION).encode(
-        y="value:Q", tooltip=["label:N", alt.Tooltip("value:Q", format=",.0f")])
-    return alt.layer(line, rules).properties(title=title, height=height)
+def particles_chart(data: pl.DataFrame, limits: pl.DataFrame, title: str, height: int = 200) -> Spec:
+    """Particle counts per m3 (symlog scale) with the Annex 1 limits (columns ts, value; limits: label, value)."""
+    return {"title": title, "height": height,
+            "layer": [{"data": {"values": values(data.select("ts", "value"))},
+                       "mark": {"type": "line", "strokeWidth": 1.2, "color": VALUE},
+                       "encoding": {"x": T, "y": _q("value", "/m3", scale={"type": "symlog"}),
+                                    "tooltip": [T_TIP, _q("value", format=",.0f")]}},
+                      {"data": {"values": values(limits)}, "mark": {"type": "rule", "strokeDash": [5, 4],
+                                                                    "color": ACTION},
+                       "encoding": {"y": _q("value"), "tooltip": [_n("label"), _q("value", format=",.0f")]}}]}
 
 
-def cascade_chart(rooms: pl.DataFrame, height: int = 240) -> alt.LayerChart:
-    """Pressure cascade: each room's DP against its setpoint, cleanest grade first
-    (columns room, grade, dp, setpoint, alert, action)."""
-    order = rooms["room"].to_list()
-    bars = alt.Chart(rooms).mark_bar(color=VALUE, opacity=0.8).encode(
-        x=alt.X("room:N", sort=order, title=None), y=alt.Y("dp:Q", title="DP to reference [Pa]"),
-        tooltip=["room:N", "grade:N", alt.Tooltip("dp:Q", format=".1f"), "setpoint:Q", "alert:Q", "action:Q"])
-    sp = alt.Chart(rooms).mark_tick(color=SETPOINT, thickness=3, size=36).encode(x=alt.X("room:N", sort=order), y="setpoint:Q")
-    action = alt.Chart(rooms).mark_tick(color=ACTION, thickness=2, size=36).encode(x=alt.X("room:N", sort=order), y="action:Q")
-    text = alt.Chart(rooms).mark_text(dy=-8).encode(x=alt.X("room:N", sort=order), y="dp:Q", text="grade:N")
-    return alt.layer(bars, sp, action, text).properties(height=height)
+def cascade_chart(rooms: pl.DataFrame, height: int = 240) -> Spec:
+    """The pressure cascade, cleanest grade first (columns room, grade, dp, setpoint, alert, action)."""
+    x = _n("room", sort=rooms["room"].to_list(), title=None)
+    tick = {"type": "tick", "thickness": 3, "size": 36}
+    return {"height": height, "data": {"values": values(rooms)}, "encoding": {"x": x},
+            "layer": [{"mark": {"type": "bar", "color": VALUE, "opacity": 0.8},
+                       "encoding": {"y": _q("dp", "DP to reference [Pa]"),
+                                    "tooltip": [_n("room"), _n("grade"), _q("dp", format=".1f"), _q("setpoint"),
+                                                _q("alert"), _q("action")]}},
+                      {"mark": {**tick, "color": SETPOINT}, "encoding": {"y": _q("setpoint")}},
+                      {"mark": {**tick, "color": ACTION, "thickness": 2}, "encoding": {"y": _q("action")}},
+                      {"mark": {"type": "text", "dy": -8}, "encoding": {"y": _q("dp"), "text": _n("grade")}}]}
 
 
-def load_chart(load: pl.DataFrame, height: int = 160) -> alt.Chart:
+def load_chart(load: pl.DataFrame, height: int = 160) -> Spec:
     """Alarms annunciated per 10 minutes (columns ts, alarms)."""
-    return alt.Chart(load).mark_bar(color=ALERT).encode(x=_T, y=alt.Y("alarms:Q", title="alarms / 10 min"),
-                                                        tooltip=["ts:T", "alarms:Q"]).properties(height=height)
+    return {"height": height, "data": {"values": values(load.select("ts", "alarms"))}, "mark": {"type": "bar",
+                                                                                              "color": ALERT},
+            "encoding": {"x": T, "y": _q("alarms", "alarms / 10 min"), "tooltip": [T_TIP, _q("alarms")]}}
+
+
+def psi_chart(table: pl.DataFrame, kinds: Sequence[str]) -> Spec:
+    """PSI of each input by unit kind, coloured by verdict (columns unit kind, input, PSI, verdict)."""
+    rows = table.drop_nulls("PSI").rename({"unit kind": "kind"}).select("kind", "input", "PSI", "verdict")
+    return {"data": {"values": values(rows)}, "facet": {"row": _n("kind", title=None, sort=list(kinds))},
+            "spec": {"height": {"step": 18}, "mark": {"type": "bar"},
+                     "encoding": {"x": _q("PSI"), "y": _n("input", title=None),
+                                  "color": _n("verdict", scale={"domain": ["stable", "watch", "drifted"],
+                                                                "range": [PAR, ALERT, ACTION]}),
+                                  "tooltip": [_n("kind"), _n("input"), _q("PSI", format=".3f"), _n("verdict")]}}}

@@ -18,7 +18,8 @@ from plant.records import BatchRecord, Records
 from plant.site import Site, load_demo_site, load_site
 from plant.users import Users
 
-DATA_ENV, HISTORY_ENV, MLFLOW_ENV, SITE_ENV = "CELLWATCH_DATA", "CELLWATCH_HISTORY", "CELLWATCH_MLFLOW_DB", "CELLWATCH_SITE"
+DATA_ENV, HISTORY_ENV, SITE_ENV = "CELLWATCH_DATA", "CELLWATCH_HISTORY", "CELLWATCH_SITE"
+MLFLOW_ENV = "CELLWATCH_MLFLOW_DB"
 
 
 class PanelConfigError(RuntimeError):
@@ -48,6 +49,7 @@ class Source:
     """A records database and its telemetry: the live plant's, or an older history's (read only)."""
 
     name: str
+    path: Path
     records: Records
     historian: Historian
 
@@ -81,7 +83,7 @@ class Plant:
 
     @property
     def live(self) -> Source:
-        return Source("live", self.records, self.historian)
+        return Source("live", self.data, self.records, self.historian)
 
     def sources(self) -> list[Source]:
         """The live plant first, then the history if there is one."""
@@ -89,6 +91,11 @@ class Plant:
 
     def source(self, name: str) -> Source:
         return self.history if name == "history" and self.history is not None else self.live
+
+    @property
+    def training_data(self) -> Path:
+        """The folder models are trained and gated on: the history when there is one, else the plant's."""
+        return self.history.path if self.history is not None else self.data
 
     def find_batch(self, batch_id: str) -> tuple[BatchRecord, Source]:
         """A batch and the source holding it; KeyError naming it when no source has it."""
@@ -131,7 +138,8 @@ def open_plant(args: PanelArgs | Path, site_path: str | None = None) -> Plant:
     if args.history is not None:
         if not (args.history / "records.db").exists():
             raise PanelConfigError(f"--history {args.history}: no records.db here")
-        history = Source("history", Records.open(args.history / "records.db"), Historian(args.history / "historian"))
+        history = Source("history", args.history, Records.open(args.history / "records.db"),
+                         Historian(args.history / "historian"))
     site_path = site_path or os.environ.get(SITE_ENV)
     site = load_demo_site() if not site_path else load_site(site_path)
     records = Records.open(data / "records.db")

@@ -14,7 +14,7 @@ import numpy as np
 import polars as pl
 
 from dashboards.context import Plant
-from plant.gmp_records import record_model_promotion
+from plant.gmp_records import file_hash, record_model_promotion
 from plant.model_records import PromotionRecord, promotions, record_promotion
 from plant.users import Session, Signature
 
@@ -153,66 +153,133 @@ def drift(plant: Plant, now: datetime, trained_until: datetime | None, live: tim
 
 # ------------------------------------------------------------------------------------------ promotion
 
-def _rules() -> list[tuple[str, str, float]]:
-    """The acceptance criteria of models/config.py as (metric name suffix, comparison, limit)."""
+def kind_of(model: str) -> str | None:
+    """"yield"/"deviation" for the models package's registered names; None for any other model."""
+    api = registry_api()
+    names = getattr(api, "MODEL_NAMES", {}) if api is not None else {}
+    return next((k for k, n in names.items() if n == model), None)
+
+
+def _generic_checks(v: Version) -> list[dict[str, Any]]:
+    """The acceptance criteria of models/config.py against metric names ending like them (other tools' models)."""
     from models.config import load_config
 
     cfg = load_config()
     y, d = cfg.yield_acceptance, cfg.deviation_acceptance
-    return [("rmse_log10_day5", "<=", y.max_rmse_log10_day5), ("coverage", ">=", y.min_coverage),
-            ("coverage", "<=", y.max_coverage), ("detection_rate", ">=", d.min_detection_rate),
-            ("false_alarms_per_batch_day", "<=", d.max_false_alarms_per_batch_day)]
-
-
-def gate(plant: Plant, mc: Any, v: Version) -> dict[str, Any]:
-    """The promotion gate of a version: its hold-out metrics against the acceptance criteria, and the hash of
-    its evaluation report (a run artifact named eval*/report*). `passed` only when every check applies and holds."""
+    rules = [("rmse_log10_day5", "<=", y.max_rmse_log10_day5), ("coverage", ">=", y.min_coverage),
+             ("coverage", "<=", y.max_coverage), ("detection_rate", ">=", d.min_detection_rate),
+             ("false_alarms_per_batch_day", "<=", d.max_false_alarms_per_batch_day)]
     checks = []
-    for suffix, op, limit in _rules():
+    for suffix, op, limit in rules:
         for name, value in v.metrics.items():
-            if name == suffix or name.endswith("_" + suffix) or name.endswith("." + suffix):
+            if name == suffix or name.endswith(("_" + suffix, "." + suffix)):
                 ok = value <= limit if op == "<=" else value >= limit
                 checks.append({"metric": name, "value": value, "rule": f"{op} {limit:g}", "ok": bool(ok)})
-    report_hash, report = None, None
-    if v.run_id:
-        for art in mc.list_artifacts(v.run_id):
-            base = art.path.rsplit("/", 1)[-1].lower()
-            if not art.is_dir and base.startswith(("eval", "report")):
-                local = mc.download_artifacts(v.run_id, art.path)
-                from plant.gmp_records import file_hash
+    return checks
 
-                report, report_hash = art.path, file_hash(local)
-                break
-    why = ("no hold-out metrics the gate knows" if not checks else
-           "failed: " + ", ".join(c["metric"] for c in checks if not c["ok"]) if not all(c["ok"] for c in checks)
-           else "no evaluation report artifact" if report_hash is None else "all checks hold")
-    return {"passed": bool(checks) and all(c["ok"] for c in checks) and report_hash is not None, "why": why,
-            "checks": checks, "report": report, "report_hash": report_hash}
+
+def _report_hash(mc: Any, v: Version) -> tuple[str | None, str | None]:
+    """(artifact path, sha256) of the version run's evaluation report (a top-level eval*/report* artifact)."""
+    if not v.run_id:
+        return None, None
+    for art in mc.list_artifacts(v.run_id):
+        base = art.path.rsplit("/", 1)[-1].lower()
+        if not art.is_dir and base.startswith(("eval", "report")):
+            return art.path, file_hash(mc.download_artifacts(v.run_id, art.path))
+    return None, None
+
+
+def gate(plant: Plant, mc: Any, v: Version, versions: list[Version] | None = None) -> dict[str, Any]:
+    """The promotion gate as shown before signing: the acceptance criteria on the version's hold-out metrics
+    (and, for the models package's models, beating the champion: models.gate.decide), and the hash of its
+    evaluation report. `passed` only when every check applies and holds and the report is there."""
+    kind, why = kind_of(v.model), ""
+    if kind is not None:
+        from models.config import load_config
+        from models.gate import decide
+
+        champ = next((c for c in versions or () if c.model == v.model and CHAMPION in c.aliases), None)
+        ok, reasons, found = decide(kind, v.metrics, champ.metrics if champ else None, load_config())
+        checks = [{"metric": c.name, "value": c.value, "rule": c.limit, "ok": bool(c.passed)} for c in found]
+        why = "; ".join(reasons)
+    else:
+        checks = _generic_checks(v)
+        ok = bool(checks) and all(c["ok"] for c in checks)
+        why = "no hold-out metrics the gate knows" if not checks else "" if ok else \
+            "failed: " + ", ".join(c["metric"] for c in checks if not c["ok"])
+    report, report_hash = _report_hash(mc, v)
+    if ok and report_hash is None:
+        ok, why = False, "no evaluation report artifact"
+    return {"passed": ok, "why": why or "all checks hold", "checks": checks, "report": report,
+            "report_hash": report_hash, "kind": kind}
 
 
 def promote(plant: Plant, session: Session, model: str, version: str, reason: str, password: str,
-            report_hash: str, gate: dict[str, Any]) -> Signature:
+            report_hash: str, verdict: dict[str, Any]) -> Signature:
     """Make `version` the champion: needs model.promote, a passed gate and the promoter's e-signature.
 
-    models.registry.promote is used when the models package provides it (its gate, its records)."""
+    The models package's models are gated again on the locked hold-out (models.gate) before the signature,
+    so nothing is signed that the gate then refuses; refusals are recorded as the gate records them."""
     plant.users.require(session, "model.promote")
-    api = registry_api()
-    if api is not None and hasattr(api, "promote"):
-        return api.promote(plant.data, plant.users, session.username, password, model, version, reason)
-    if not gate.get("passed"):
-        raise ValueError(f"{model} v{version} did not pass the promotion gate: {gate.get('why', 'no evaluation')}")
+    if not verdict.get("passed"):
+        raise ValueError(f"{model} v{version} did not pass the promotion gate: {verdict.get('why', 'not evaluated')}")
+    kind = kind_of(model)
     mc = client(plant)
     aliases = mc.get_registered_model(model).aliases or {}
     previous = None if aliases.get(CHAMPION) is None else str(aliases[CHAMPION])
+    details: dict[str, Any] = {"gate": verdict}
+    if kind is not None:
+        details |= _regate(plant, session, kind, model, version, previous, reason)
     sig = record_model_promotion(plant.users, session.username, password, model, version, CHAMPION, report_hash,
                                  reason, previous)
-    mc.set_registered_model_alias(model, CHAMPION, version)
-    if str(aliases.get(CHALLENGER)) == version:  # the challenger it was is now the champion
-        mc.delete_registered_model_alias(model, CHALLENGER)
+    tags = {"cellwatch.promoted_by": session.username, "cellwatch.promoted_at": sig.ts.isoformat(),
+            "cellwatch.promotion_reason": reason, "cellwatch.signature_id": str(sig.id)}
+    if kind is not None:
+        from dashboards.predictions import tracking
+        from models.registry import set_champion
+
+        set_champion(tracking(plant), kind, version, tags)
+    else:
+        mc.set_registered_model_alias(model, CHAMPION, version)
+        if str(aliases.get(CHALLENGER)) == version:  # the challenger it was is now the champion
+            mc.delete_registered_model_alias(model, CHALLENGER)
     record_promotion(plant.records, PromotionRecord(sig.ts, model, version, previous, "promoted", session.username,
-                                                    reason, str(gate.get("holdout", "-")),
-                                                    {"signature_id": sig.id, "gate": gate}))
+                                                    reason, str(details.get("holdout", "-")),
+                                                    {"signature_id": sig.id, **details}))
     return sig
+
+
+def _regate(plant: Plant, session: Session, kind: str, model: str, version: str, previous: str | None,
+            reason: str) -> dict[str, Any]:
+    """models.gate's decision on the locked hold-out of the training data; a refusal is recorded and raised."""
+    from dashboards.predictions import tracking
+    from models.config import load_config
+    from models.gate import GateRefused, decide, holdout_metrics
+    from models.registry import load_version
+
+    cfg, tr = load_config(), tracking(plant)
+    wrapper, tags = load_version(tr, kind, version)
+    metrics = holdout_metrics(kind, wrapper.model, plant.training_data, plant.site, cfg)
+    champion = holdout_metrics(kind, load_version(tr, kind, previous)[0].model, plant.training_data, plant.site,
+                               cfg) if previous else None
+    ok, reasons, _ = decide(kind, metrics, champion, cfg)
+    holdout = tags.get("cellwatch.holdout", "default")
+    if not ok:
+        record_promotion(plant.records, PromotionRecord(datetime.now(UTC), model, version, previous, "refused",
+                                                        session.username, reason, holdout,
+                                                        {"refusal_reasons": reasons}))
+        raise GateRefused(f"{model} version {version} refused on the locked hold-out: " + "; ".join(reasons))
+    return {"holdout": holdout, "holdout_metrics": metrics}
+
+
+def retrain(plant: Plant) -> str:
+    """Train both models on the training data into this panel's MLflow store (new challenger versions)."""
+    from dashboards.predictions import tracking
+    from models.config import load_config
+    from models.pipeline import train
+
+    r = train(plant.training_data, plant.site, load_config(), tracking(plant))
+    return ", ".join(f"{k} v{v}" for k, v in r.versions.items()) or "no version registered"
 
 
 def promotion_history(plant: Plant) -> pl.DataFrame:

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import altair as alt
 import polars as pl
 import streamlit as st
 
-from dashboards import cached, charts, model_registry as mr, ui
+from dashboards import cached, charts, ui
+from dashboards import model_registry as mr
 
 
 @st.cache_resource(show_spinner="Connecting to the MLflow store ...", max_entries=4)
@@ -25,8 +25,8 @@ def _runs(data: str):  # noqa: ANN202
 
 
 @st.cache_data(ttl=60, max_entries=16, show_spinner=False)
-def _gate(data: str, version: mr.Version) -> dict:
-    return mr.gate(ui._plant(data), _client(data), version)
+def _gate(data: str, version: mr.Version, versions: tuple[mr.Version, ...]) -> dict:
+    return mr.gate(ui._plant(data), _client(data), version, list(versions))
 
 
 def champion_challenger(versions: list[mr.Version]) -> None:
@@ -45,7 +45,6 @@ def champion_challenger(versions: list[mr.Version]) -> None:
 
 def versions_and_runs(versions: list[mr.Version]) -> None:
     if not mr.store_exists(ui.plant()):
-        st.info("No MLflow store yet.")
         return
     st.subheader("Registered versions")
     st.dataframe(mr.versions_frame(versions), hide_index=True, width="stretch")
@@ -69,35 +68,29 @@ def drift(versions: list[mr.Version]) -> None:
         st.info("No telemetry yet.")
         return
     champ = next((v for v in versions if mr.CHAMPION in v.aliases), None)
-    st.caption(f"Last 24 h of data against the 14 days before "
-               + (f"the champion {champ.model} v{champ.version} was registered" if champ else "that window (no champion yet)")
+    ref = f"the champion {champ.model} v{champ.version} was registered" if champ else "that (no champion yet)"
+    st.caption(f"Last 24 h of data against the 14 days before {ref}"
                + f". PSI < {mr.DRIFT_WATCH} stable, up to {mr.DRIFT_ALERT} watch, above drifted.")
     if not st.toggle("Compute drift now", key="drift_on", help="Reads two weeks of telemetry (a second or two)"):
         return
     table = _drift(ui.data_key(), now, champ.created if champ else None)
-    chart = alt.Chart(table.drop_nulls("PSI")).mark_bar().encode(
-        x=alt.X("PSI:Q"), y=alt.Y("input:N", title=None), row=alt.Row("unit kind:N", title=None),
-        color=alt.Color("verdict:N", scale=alt.Scale(domain=["stable", "watch", "drifted"],
-                                                     range=["#2e7d32", "#ef8f00", "#c62828"])),
-        tooltip=["unit kind:N", "input:N", alt.Tooltip("PSI:Q", format=".3f"), "verdict:N"]).properties(height=140)
-    charts.show(chart, width="content")
+    charts.show(charts.psi_chart(table, sorted(set(table["unit kind"]))), width="content")
     st.dataframe(table, hide_index=True, width="stretch")
 
 
 def promote_and_retrain(versions: list[mr.Version]) -> None:
     plant = ui.plant()
-    api = mr.registry_api()
     st.subheader("Retrain")
     if not ui.can("model.train"):
         st.caption("Retraining needs the permission model.train (data scientists).")
-    elif api is None or not hasattr(api, "train"):
-        st.info("Training from the panel arrives with the models package's registry (models/registry.py); "
-                "until then train from the command line.")
+    elif mr.registry_api() is None:
+        st.info("Training needs the models package (models/registry.py); train from the command line meanwhile.")
     elif st.button("Retrain on the newest data", key="retrain", icon=":material/model_training:"):
-        with st.spinner("Training (tuning, fitting, evaluating on the locked hold-out) ..."):
-            result = api.train(plant.data, plant.site)
+        with st.spinner(f"Training on {plant.training_data} (tuning, fitting, evaluating on the locked hold-out); "
+                        "this takes minutes ..."):
+            summary = mr.retrain(plant)
         registry_versions.clear()
-        st.success(f"Trained: {result}")
+        st.success(f"Trained: {summary}. The new versions are challengers; promote them through the gate.")
     st.subheader("Promote a version to champion")
     if not ui.can("model.promote"):
         st.info(f"Your role ({ui.current().role}) may review models but not promote them: that needs the "
@@ -109,7 +102,7 @@ def promote_and_retrain(versions: list[mr.Version]) -> None:
         return
     labels = {f"{v.model} v{v.version}" + (f" ({', '.join(v.aliases)})" if v.aliases else ""): v for v in candidates}
     chosen = labels[st.selectbox("Version", list(labels), key="promote_pick")]
-    verdict = _gate(ui.data_key(), chosen)
+    verdict = _gate(ui.data_key(), chosen, tuple(versions))
     (st.success if verdict["passed"] else st.warning)(f"Gate: {verdict['why']}")
     if verdict["checks"]:
         st.dataframe(pl.DataFrame(verdict["checks"]), hide_index=True)

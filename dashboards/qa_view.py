@@ -11,7 +11,6 @@ import polars as pl
 import streamlit as st
 
 from dashboards import actions, ui
-from dashboards.reports import render_deviation_report
 from plant.deviations import CLASSIFICATIONS, STATES, TRANSITIONS
 
 UTC = timezone.utc
@@ -110,6 +109,8 @@ def pdf_export(dev_id: str) -> None:
     """Render the deviation report on request (it draws trends: a second or two) and offer the file."""
     key = f"cw_pdf_{dev_id}"
     if st.button("Prepare PDF report", key=f"pdf_{dev_id}", icon=":material/picture_as_pdf:"):
+        from dashboards.reports import render_deviation_report  # matplotlib and fpdf: a second to import
+
         plant = ui.plant()
         with tempfile.TemporaryDirectory() as tmp:
             path = render_deviation_report(dev_id, Path(tmp) / f"{dev_id}.pdf", plant.deviations, plant.historian,

@@ -182,11 +182,34 @@ def alarm_counts(states: pl.DataFrame) -> dict[str, dict[str, int]]:
     return out
 
 
-def unit_views(plant: Plant, now: datetime, states: pl.DataFrame | None = None) -> list[UnitView]:
-    """Every unit of the site at `now`."""
+def _unit_tags(site: Site) -> dict[str, list[Tag]]:
+    return {u: key_tags(site, u) for u in site.units}
+
+
+def _room_tags(site: Site) -> dict[str, list[Tag]]:
+    return {r: [t for t in site.unit_tags(r) if t.short != "OCC"] for r in site.rooms}
+
+
+def _occ_tags(site: Site) -> dict[str, str]:
+    return {r: f"{r}.OCC" for r in site.rooms if f"{r}.OCC" in site.tags}
+
+
+def snapshot(plant: Plant, now: datetime, states: pl.DataFrame | None = None) -> tuple[list[UnitView], list[RoomView]]:
+    """Every unit and every room at `now`, from one read of the newest values."""
     site = plant.site
-    tags = {u: key_tags(site, u) for u in site.units}
-    frame = latest(plant, [t.name for ts in tags.values() for t in ts], now)
+    names = [t.name for tags in (*_unit_tags(site).values(), *_room_tags(site).values()) for t in tags]
+    frame = latest(plant, names + list(_occ_tags(site).values()), now)
+    states = alarm_states(plant) if states is None else states
+    return unit_views(plant, now, states, frame), room_views(plant, now, states, frame)
+
+
+def unit_views(plant: Plant, now: datetime, states: pl.DataFrame | None = None,
+               frame: pl.DataFrame | None = None) -> list[UnitView]:
+    """Every unit of the site at `now` (frame: a `latest` result holding their key tags)."""
+    site = plant.site
+    tags = _unit_tags(site)
+    if frame is None:
+        frame = latest(plant, [t.name for ts in tags.values() for t in ts], now)
     batches = running_batches(plant, now)
     counts = alarm_counts(alarm_states(plant) if states is None else states)
     out = []
@@ -203,12 +226,13 @@ def unit_views(plant: Plant, now: datetime, states: pl.DataFrame | None = None) 
     return out
 
 
-def room_views(plant: Plant, now: datetime, states: pl.DataFrame | None = None) -> list[RoomView]:
-    """Every room of the site at `now`, by grade (A first)."""
+def room_views(plant: Plant, now: datetime, states: pl.DataFrame | None = None,
+               frame: pl.DataFrame | None = None) -> list[RoomView]:
+    """Every room of the site at `now`, by grade (A first) (frame: a `latest` result holding their tags)."""
     site = plant.site
-    tags = {r: [t for t in site.unit_tags(r) if t.short != "OCC"] for r in site.rooms}
-    occ = {r: f"{r}.OCC" for r in site.rooms if f"{r}.OCC" in site.tags}
-    frame = latest(plant, [t.name for ts in tags.values() for t in ts] + list(occ.values()), now)
+    tags, occ = _room_tags(site), _occ_tags(site)
+    if frame is None:
+        frame = latest(plant, [t.name for ts in tags.values() for t in ts] + list(occ.values()), now)
     occ_value = {tag: value for tag, _, value, _ in frame.filter(pl.col("tag").is_in(list(occ.values()))).iter_rows()}
     counts = alarm_counts(alarm_states(plant) if states is None else states)
     out = []
@@ -227,7 +251,7 @@ def batch_window(batch: BatchRecord, now: datetime) -> tuple[datetime, datetime]
     return batch.start_ts, end + timedelta(minutes=1)
 
 
-def trend(src: Source, tags: Sequence[str], start: datetime, end: datetime, points: int = 600,
+def trend(src: Source, tags: Sequence[str], start: datetime, end: datetime, points: int = 360,
           agg: str = "mean") -> pl.DataFrame:
     """`agg` per bucket (about `points` buckets) of tags in [start, end): ts, tag, value."""
     minutes = max(1, int((end - start).total_seconds() / 60 / points))

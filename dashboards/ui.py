@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
 
 import streamlit as st
 
@@ -37,7 +39,8 @@ class PageSpec:
 
 PAGES = (
     PageSpec("overview", "pages/overview.py", "Plant overview", ":material/factory:", ALL),
-    PageSpec("batch", "pages/batch.py", "Batch", ":material/science:", ("operator", "engineer", "qa", "data_scientist")),
+    PageSpec("batch", "pages/batch.py", "Batch", ":material/science:",
+             ("operator", "engineer", "qa", "data_scientist")),
     PageSpec("recommendations", "pages/recommendations.py", "Recommendations", ":material/tips_and_updates:",
              ("operator", "engineer", "qa", "data_scientist")),
     PageSpec("alarms", "pages/alarms.py", "Alarms", ":material/notifications_active:", ("operator", "engineer", "qa")),
@@ -144,6 +147,13 @@ def touch() -> Session | None:
     return s
 
 
+def check_idle() -> None:
+    """In a live tile: ticks are not activity, so once the idle timeout passed the whole page reruns (to login)."""
+    s = session()
+    if s is not None and datetime.now(timezone.utc) >= s.expires_ts:
+        st.rerun(scope="app")
+
+
 def current() -> Session:
     """The session a page runs for; a page reached without one stops with a message."""
     s = session()
@@ -167,6 +177,12 @@ def guard(page_key: str) -> Session:
         st.error(f"Refused: the {spec.title} page is not available to role {s.role}.", icon=":material/block:")
         st.stop()
     return s
+
+
+def lazy_tabs(labels: Sequence[str], key: str) -> list[tuple[str, Any]]:
+    """Tabs whose content runs only when shown: (label, container) of the open tab (switching reruns)."""
+    tabs = st.tabs(list(labels), key=key, on_change="rerun")
+    return [(label, tab) for label, tab in zip(labels, tabs, strict=True) if tab.open is not False]
 
 
 def sign_fields(key: str, reason_label: str = "Reason", reason_required: bool = True) -> tuple[str, str]:

@@ -4,16 +4,17 @@ from __future__ import annotations
 
 from datetime import datetime
 
-import altair as alt
 import polars as pl
 import streamlit as st
 
-from dashboards import predictions, queries as q, ui
+from dashboards import charts, predictions, ui
+from dashboards import queries as q
 from dashboards.charts import ACTION, ALERT
 
 STATUS_COLOURS = {q.OK: "#2e7d32", q.ALERT: ALERT, q.ACTION: ACTION, q.BAD: "#6a1b9a", q.STALE: "#9e9e9e",
                   q.NO_DATA: "#e0e0e0"}
 _BADGE = {q.OK: "green", q.ALERT: "orange", q.ACTION: "red", q.BAD: "violet", q.STALE: "gray", q.NO_DATA: "gray"}
+Forecast = predictions.Harvest | predictions.Unavailable
 _PRIO_BADGE = {"critical": "red", "high": "red", "medium": "orange", "low": "blue"}
 
 
@@ -38,29 +39,22 @@ def _grid_rows(owner: str, readings: tuple[q.Reading, ...]) -> list[tuple[str, s
     return [(owner, r.short, r.status, f"{fmt(r.value)}") for r in readings]
 
 
-def status_grid(rows: list[tuple[str, str, str, str]], title: str) -> alt.LayerChart:
-    """Key values as coloured cells (owner x tag): green inside limits, amber alert, red action, grey stale."""
-    df = pl.DataFrame(rows, schema={"owner": pl.String(), "tag": pl.String(), "status": pl.String(),
-                                    "value": pl.String()}, orient="row")
-    owners, tags = list(dict.fromkeys(df["owner"])), list(dict.fromkeys(df["tag"]))
-    scale = alt.Scale(domain=list(STATUS_COLOURS), range=list(STATUS_COLOURS.values()))
-    base = alt.Chart(df).encode(x=alt.X("tag:N", sort=tags, title=None, axis=alt.Axis(orient="top", labelAngle=0)),
-                                y=alt.Y("owner:N", sort=owners, title=None))
-    cells = base.mark_rect(stroke="white", strokeWidth=2).encode(
-        color=alt.Color("status:N", scale=scale, legend=alt.Legend(orient="bottom", title=None)),
-        tooltip=["owner:N", "tag:N", "value:N", "status:N"])
-    text = base.mark_text(color="white", fontWeight="bold").encode(text="value:N")
-    return (cells + text).properties(title=title, height=alt.Step(24))
+def _grid(rows: list[tuple[str, str, str, str]], title: str) -> charts.Spec:
+    frame = pl.DataFrame(rows, schema={"owner": pl.String(), "tag": pl.String(), "status": pl.String(),
+                                       "value": pl.String()}, orient="row")
+    return charts.status_grid(frame, title, STATUS_COLOURS)
 
 
-def unit_grid(units: list[q.UnitView]) -> alt.LayerChart:
-    return status_grid([row for u in units for row in _grid_rows(u.unit, u.readings)],
-                       "Bioreactors: key values against alert/action limits")
+def unit_grid(units: list[q.UnitView]) -> charts.Spec:
+    """Every unit's key values as coloured cells: green inside limits, amber alert, red action, grey stale."""
+    return _grid([row for u in units for row in _grid_rows(u.unit, u.readings)],
+                 "Bioreactors: key values against alert/action limits")
 
 
-def room_grid(rooms: list[q.RoomView]) -> alt.LayerChart:
-    return status_grid([row for r in rooms for row in _grid_rows(f"{r.room} ({r.grade})", r.readings)],
-                       "Rooms: particles (Annex 1), pressure, climate")
+def room_grid(rooms: list[q.RoomView]) -> charts.Spec:
+    """Every room's readings as coloured cells (particles against the grade's Annex 1 limits)."""
+    return _grid([row for r in rooms for row in _grid_rows(f"{r.room} ({r.grade})", r.readings)],
+                 "Rooms: particles (Annex 1), pressure, climate")
 
 
 @st.cache_resource(ttl=60, max_entries=4, show_spinner=False)
@@ -69,41 +63,67 @@ def predictor(data: str) -> predictions.Predictor | predictions.Unavailable:
     return predictions.load(ui._plant(data))
 
 
-def harvest_forecasts(units: list[q.UnitView], now: datetime) -> dict[str, predictions.Harvest | predictions.Unavailable]:
+def harvest_forecasts(units: list[q.UnitView], now: datetime) -> dict[str, Forecast]:
     """Predicted harvest per running batch, or why there is none."""
     model = predictor(ui.data_key())
     if isinstance(model, predictions.Unavailable):
         return {u.batch_id: model for u in units if u.batch_id}
-    return {u.batch_id: _harvest(ui.data_key(), u.batch_id, now) for u in units if u.batch_id}
+    at = model_time(now)
+    return {u.batch_id: _harvest(ui.data_key(), u.batch_id, at) for u in units if u.batch_id}
 
 
-@st.cache_data(ttl=30, max_entries=64, show_spinner=False)
-def _harvest(data: str, batch_id: str, now: datetime) -> predictions.Harvest | predictions.Unavailable:
+def model_time(now: datetime, every_min: int = 10) -> datetime:
+    """`now` rounded down to `every_min` minutes: predictions are recomputed that often, not at every tick."""
+    return now.replace(minute=now.minute - now.minute % every_min, second=0, microsecond=0)
+
+
+@st.cache_data(ttl=600, max_entries=64, show_spinner=False)
+def _harvest(data: str, batch_id: str, at: datetime) -> Forecast:
     model = predictor(data)
     if isinstance(model, predictions.Unavailable):
         return model
-    return model.harvest(batch_id, now)
+    return model.harvest(batch_id, at)
+
+
+@st.cache_data(ttl=600, max_entries=32, show_spinner="Asking the model for the batch's trajectory ...")
+def model_outputs(data: str, batch_id: str, at: datetime) -> tuple[object, object, object]:
+    """(yield trajectory, risk over time, drivers at `at`) of a batch, each a frame or an Unavailable."""
+    model = predictor(data)
+    if isinstance(model, predictions.Unavailable):
+        return model, model, model
+    return model.yield_trajectory(batch_id, at), model.risk(batch_id, at), model.drivers(batch_id, at)
+
+
+def _no_prediction(f: object) -> str:
+    if f is predictions.NO_MODEL:
+        return "no model registered"
+    return "no champion model" if f is predictions.NO_CHAMPION else "model unavailable"
+
+
+def unit_card(u: q.UnitView, forecast: object) -> str:
+    """A unit's card as one markdown block (one element: the live tile redraws it every few seconds)."""
+    lines = [f"**{u.unit}** · {u.room} · {u.kind.replace('_', ' ')} {status_badge(u.status)}"]
+    if u.batch_id:
+        day = f" · day **{u.culture_day:.1f}**" if u.culture_day is not None else ""
+        lines += [f"`{u.batch_id}`", f"{u.recipe} · **{u.phase}**{day}"]
+        if isinstance(forecast, predictions.Harvest):
+            lines.append(f"Predicted harvest **{fmt(forecast.mid)}** ({fmt(forecast.low)}-{fmt(forecast.high)}) "
+                         f"{forecast.what}" + ("" if forecast.applicable else " :orange-badge[outside training data]"))
+        if u.harvest_due is not None:
+            lines.append(f":gray[Harvest due {u.harvest_due:%Y-%m-%d %H:%M} UTC"
+                         + ("]" if isinstance(forecast, predictions.Harvest)
+                            else f" · no yield prediction ({_no_prediction(forecast)})]"))
+    else:
+        lines.append(f"**{u.phase}**" + (" - telemetry without an open batch record" if u.phase == "running" else ""))
+    lines.append(alarm_badges(u.alarms))
+    return "  \n".join(lines)
 
 
 def unit_cards(units: list[q.UnitView], forecasts: dict, columns: int = 4) -> None:
     """One bordered card per unit: batch, phase, culture day, harvest forecast, alarm badges."""
     cols = st.columns(columns)
     for i, u in enumerate(units):
-        with cols[i % columns].container(border=True):
-            st.markdown(f"**{u.unit}** · {u.room} · {u.kind.replace('_', ' ')} {status_badge(u.status)}")
-            if u.batch_id:
-                day = f"day **{u.culture_day:.1f}**" if u.culture_day is not None else ""
-                st.markdown(f"`{u.batch_id}`  \n{u.recipe} · **{u.phase}** · {day}")
-                f = forecasts.get(u.batch_id)
-                if isinstance(f, predictions.Harvest):
-                    st.markdown(f"Predicted harvest **{fmt(f.mid)}** ({fmt(f.low)}-{fmt(f.high)}) {f.what}")
-                elif u.harvest_due is not None:
-                    st.caption(f"Harvest due {u.harvest_due:%Y-%m-%d %H:%M} UTC · no yield prediction "
-                               "(no model registered)")
-            else:
-                st.markdown(f"**{u.phase}**" + (" - telemetry without an open batch record" if u.phase == "running"
-                                                  else ""))
-            st.markdown(alarm_badges(u.alarms))
+        cols[i % columns].container(border=True).markdown(unit_card(u, forecasts.get(u.batch_id)))
 
 
 def rooms_table(rooms: list[q.RoomView]) -> pl.DataFrame:

@@ -36,7 +36,7 @@ class _Imputer:
 class PLSYield:
     """One PLS regression per culture day (components chosen by grouped CV), like a batch-level PLS model."""
 
-    def __init__(self, max_components: int = 15, cv_folds: int = 5, exclude_outliers: bool = False,
+    def __init__(self, max_components: int = 12, cv_folds: int = 4, exclude_outliers: bool = False,
                  tolerance_h: float = 0.5) -> None:
         self.max_components = max_components
         self.cv_folds = cv_folds

@@ -44,7 +44,9 @@ class ModelConfig:
     interval: float = 0.80
     n_trials: int = 30
     seed: int = 7
-    cv_folds: int = 4
+    cv_folds: int = 4  # out-of-fold predictions (the recommender's risk model)
+    calibration_fraction: float = 0.25  # newest training batches that calibrate the yield interval
+    deviation_cv_folds: int = 3  # deviation: out-of-fold risks for calibration and the threshold
     no_signature_kinds: tuple[str, ...] = ("mycoplasma", "poor_donor_material", "low_transduction")
     yield_acceptance: YieldAcceptance = field(default_factory=YieldAcceptance)
     deviation_acceptance: DeviationAcceptance = field(default_factory=DeviationAcceptance)

@@ -20,6 +20,7 @@ from plant.samples import TS_DTYPE, Quality
 from plant.site import Site
 
 USABLE = (Quality.GOOD.value, Quality.UNCERTAIN.value)
+FIXED = 1e5  # bucket sums are exact integers of 1e-5 units (values are resolved to 1e-5 of their unit)
 YIELD_ATTRIBUTE = "TOTAL_VIABLE_CELLS"
 _DEFAULT_PHASES = (24.0, 72.0)  # transduction and feed start (h) when the site has no recipe for a batch
 BUCKET_SCHEMA: dict[str, pl.DataType] = {
@@ -47,7 +48,9 @@ class PlantData:
     def select(self, batch_ids: Iterable[str]) -> PlantData:
         """The same data restricted to some batches (deviations stay as they are)."""
         ids = pl.Series(list(batch_ids), dtype=pl.String)
-        f = {name: getattr(self, name).filter(pl.col("batch_id").is_in(ids))
+        if ids.n_unique() == self.batches.height and ids.is_in(self.batches["batch_id"].implode()).all():
+            return self  # already exactly these batches (the single running batch of inference)
+        f = {name: getattr(self, name).filter(pl.col("batch_id").is_in(ids.implode()))
              for name in ("batches", "buckets", "offline", "setpoints", "covariates", "outcomes")}
         return replace(self, **f)
 
@@ -136,9 +139,14 @@ def read_buckets(hist: Historian, batches: pl.DataFrame, tags: tuple[str, ...], 
         .select(code=code, b=pl.col("ts").dt.epoch("us") // bucket_us, u=usable, v=pl.when(usable).then("value"))
         .join(codes, on="code", how="left")
         .with_columns(out=((v < pl.col("lo")) | (v > pl.col("hi"))).fill_null(False))
+        .with_columns(r=(v * FIXED).round().cast(pl.Int128))
         .group_by("code", "b")
-        .agg(n_good=pl.col("u").sum().cast(pl.Int32), n_bad=(~pl.col("u")).sum().cast(pl.Int32), s1=v.sum(),
-             s2=(v * v).sum(), vmin=v.min(), vmax=v.max(), n_out=pl.col("out").sum().cast(pl.Int32))
+        # sums in fixed point (1e-5 units): integer addition is exact in any order, so the same samples give the
+        # same features however the historian files were written or the engine split the work
+        .agg(n_good=pl.col("u").sum().cast(pl.Int32), n_bad=(~pl.col("u")).sum().cast(pl.Int32),
+             s1=pl.col("r").sum(), s2=(pl.col("r") * pl.col("r")).sum(), vmin=v.min(), vmax=v.max(),
+             n_out=pl.col("out").sum().cast(pl.Int32))
+        .with_columns(s1=pl.col("s1").cast(pl.Float64) / FIXED, s2=pl.col("s2").cast(pl.Float64) / FIXED**2)
         .collect()
     )
     split = pl.DataFrame({"code": range(len(names)), "unit": [n.split(".", 1)[0] for n in names],
@@ -159,7 +167,8 @@ def read_buckets(hist: Historian, batches: pl.DataFrame, tags: tuple[str, ...], 
 
 
 def _outcomes(records: Records, ids: pl.Series, per) -> pl.DataFrame:  # noqa: ANN001
-    rel = per(records.release_results).filter(pl.col("attribute") == YIELD_ATTRIBUTE, pl.col("batch_id").is_in(ids),
+    rel = per(records.release_results).filter(pl.col("attribute") == YIELD_ATTRIBUTE,
+                                           pl.col("batch_id").is_in(ids.implode()),
                                            pl.col("value").is_not_null(), pl.col("value") > 0)
     return rel.select("batch_id", log10_tvc=pl.col("value").log(10)).sort("batch_id")
 
@@ -176,13 +185,13 @@ def load_plant_data(hist: Historian, records: Records, site: Site, batch_ids: It
     at = pl.lit(until, dtype=TS_DTYPE)
     few = ids is not None and 0 < bid.len() <= 5  # a running batch: per-batch queries keep inference fast
     per = (lambda f, **kw: pl.concat([f(batch_id=b, **kw) for b in bid])) if few else (lambda f, **kw: f(**kw))
-    offline = (per(records.offline_results).filter(pl.col("batch_id").is_in(bid), pl.col("ts") < at)
+    offline = (per(records.offline_results).filter(pl.col("batch_id").is_in(bid.implode()), pl.col("ts") < at)
                .select("batch_id", "ts", "analyte", "value").sort("batch_id", "analyte", "ts"))
-    setpoints = (per(records.setpoints).filter(pl.col("batch_id").is_in(bid), pl.col("ts") <= at)
+    setpoints = (per(records.setpoints).filter(pl.col("batch_id").is_in(bid.implode()), pl.col("ts") <= at)
                  .select("batch_id", "tag", "ts", "value").with_row_index("order")
                  .sort("batch_id", "tag", "ts", "order").drop("order"))
     cov = per(records.covariates, wide=True) if bid.len() else records.covariates(wide=True)
-    cov = cov.filter(pl.col("batch_id").is_in(bid)).sort("batch_id") if cov.width > 0 else \
+    cov = cov.filter(pl.col("batch_id").is_in(bid.implode())).sort("batch_id") if cov.width > 0 else \
         pl.DataFrame({"batch_id": bid})
     labels = (per(records.fault_labels) if few else records.fault_labels()).filter(
         pl.col("unit").is_not_null(), pl.col("start_ts") < at)

@@ -22,6 +22,11 @@ DEFAULT_PARAMS: dict[str, Any] = {
     "objective": "binary", "learning_rate": 0.05, "num_leaves": 15, "min_data_in_leaf": 40,
     "feature_fraction": 0.7, "bagging_fraction": 0.8, "lambda_l2": 1.0,
 }
+# Inputs a fault shows in: the online tags, setpoint deviations, the offline pH check, the metabolites.
+# Donor covariates, phase means and yield projections describe the batch, not a fault; leaving them out
+# halves the tuning time and keeps rare-fault trees from splitting on who the donor was.
+EXCLUDE = ("cov_*", "*_phase_*", "*_mean_all", "sp_*_avg", "tvc_*", "off_*_prev", "off_ivcd", "recipe")
+WARMUP_H = 1.0  # no alarms in a batch's first hour: windows of a few minutes of data say nothing yet
 MERGE_GAP_H = 1.0  # alerts closer than this belong to one alarm episode
 PERSIST_MIN = 20.0  # an alert is raised once the risk stayed above the threshold this long (alarm on-delay)
 
@@ -43,7 +48,10 @@ def sustained(batch: np.ndarray, t_h: np.ndarray, on: np.ndarray, minutes: float
         return on
     j = _window_start(batch, t_h, minutes) if start is None else start
     bad = np.r_[0, np.cumsum(~on)]
-    return (bad[np.arange(len(on)) + 1] - bad[j]) == 0
+    first = np.r_[True, batch[1:] != batch[:-1]]
+    t0 = t_h[np.maximum.accumulate(np.where(first, np.arange(len(on)), 0))]  # each row's batch start
+    long_enough = t_h - t0 >= minutes / 60.0 - 1e-9  # a batch's first rows have no history to persist over
+    return ((bad[np.arange(len(on)) + 1] - bad[j]) == 0) & long_enough
 
 
 def episode_starts(batch: np.ndarray, t_h: np.ndarray, on: np.ndarray, gap_h: float = MERGE_GAP_H) -> np.ndarray:
@@ -85,7 +93,7 @@ def threshold_for_rate(p: np.ndarray, batch: np.ndarray, t_h: np.ndarray, excuse
 class DeviationModel:
     """Calibrated probability that a deviation starts within H hours (or is under way); sklearn contract."""
 
-    def __init__(self, params: dict[str, Any] | None = None, n_rounds: int = 300, cv_folds: int = 4,
+    def __init__(self, params: dict[str, Any] | None = None, n_rounds: int = 300, cv_folds: int = 3,
                  target_false_alarms: float = 0.1, seed: int = 7) -> None:
         self.params = params
         self.n_rounds = n_rounds
@@ -104,8 +112,10 @@ class DeviationModel:
         """
         y = np.asarray(y, dtype=float)
         groups = np.asarray(groups)
-        fit_mask = np.ones(len(y), bool) if fit_mask is None else np.asarray(fit_mask, bool)
-        self.encoder_ = Encoder().fit(X)
+        t_h = X["t_h"].to_numpy()
+        warm = t_h >= WARMUP_H
+        fit_mask = warm & (np.ones(len(y), bool) if fit_mask is None else np.asarray(fit_mask, bool))
+        self.encoder_ = Encoder(EXCLUDE).fit(X)
         x = self.encoder_.transform(X)
         w = np.ones(len(y)) if weight is None else np.asarray(weight, float)
         rows = np.flatnonzero(fit_mask)
@@ -114,13 +124,12 @@ class DeviationModel:
         oof = np.full(len(y), np.nan)
         for idx in group_folds(groups, self.cv_folds):
             rest = np.setdiff1d(rows, idx)
-            oof[idx] = train(self._params(), x[rest], y[rest], self.n_rounds, weight=w[rest]).predict(x[idx])
+            oof[idx] = train(self._params(), x[rest], y[rest], self.n_rounds, weight=w[rest]).predict(x[idx], num_threads=1)
         excused = np.asarray(excused, bool)
-        cal = ~(excused & (y == 0))  # rows just after a fault are neither normal nor faulty
+        cal = warm & ~(excused & (y == 0))  # rows just after a fault are neither normal nor faulty
         iso = IsotonicRegression(y_min=0.0, y_max=1.0, out_of_bounds="clip").fit(oof[cal], y[cal])
         self.calibration_ = (iso.X_thresholds_.tolist(), iso.y_thresholds_.tolist())
-        p = self._calibrate(oof)
-        t_h = X["t_h"].to_numpy()
+        p = np.where(warm, self._calibrate(np.nan_to_num(oof)), 0.0)
         self.threshold_ = threshold_for_rate(p, groups, t_h, excused, self.target_false_alarms)
         self.oof_ = p
         return self
@@ -131,15 +140,15 @@ class DeviationModel:
 
     def predict_proba(self, X: pl.DataFrame) -> np.ndarray:  # noqa: N803
         """Calibrated risk per row."""
-        return self._calibrate(self.booster_.predict(self.encoder_.transform(X)))
+        return self._calibrate(self.booster_.predict(self.encoder_.transform(X), num_threads=1))
 
     def alerts(self, p: np.ndarray, batch: np.ndarray, t_h: np.ndarray) -> np.ndarray:
         """Alerts of a timeline (rows sorted by batch, time): risk above threshold for PERSIST_MIN."""
-        return sustained(batch, t_h, np.asarray(p) >= self.threshold_)
+        return sustained(batch, t_h, (np.asarray(p) >= self.threshold_) & (np.asarray(t_h) >= WARMUP_H))
 
     def contributions(self, X: pl.DataFrame) -> np.ndarray:  # noqa: N803
         """Per-row contributions to the raw (log-odds) score; last column = bias."""
-        return np.asarray(self.booster_.predict(self.encoder_.transform(X), pred_contrib=True))
+        return np.asarray(self.booster_.predict(self.encoder_.transform(X), pred_contrib=True, num_threads=1))
 
     def save(self, path: str | Path) -> None:
         p = Path(path)

@@ -38,42 +38,61 @@ def _grid(data: PlantData) -> pl.DataFrame:
 
 
 def _setpoint_features(data: PlantData, grid: pl.DataFrame) -> pl.DataFrame:
-    out = grid.select("batch_id", "k", "t")
-    for sp in data.setpoint_tags:
-        s = data.setpoints.filter(pl.col("tag") == sp).select("batch_id", pl.col("ts").alias("t"),
-                                                               pl.col("value").alias(f"sp_{sp}"))
-        out = out.sort("t").join_asof(s.sort("t"), on="t", by="batch_id", strategy="backward",
-                                      check_sortedness=False)
-    out = out.sort("batch_id", "k")
-    avg = [(pl.col(f"sp_{sp}").cum_sum().over("batch_id") / pl.col(f"sp_{sp}").cum_count().over("batch_id"))
-           .alias(f"sp_{sp}_avg") for sp in data.setpoint_tags]
-    return out.with_columns(avg).drop("t")
+    """Setpoints in force at t (changes at or before t) and their time-weighted mean so far, per tag."""
+    out = grid.select("batch_id", "k")
+    if not data.setpoint_tags:
+        return out
+    tags = pl.DataFrame({"tag": list(data.setpoint_tags)})
+    g = grid.select("batch_id", "k", "t").join(tags, how="cross").sort("t")
+    s = data.setpoints.filter(pl.col("tag").is_in(tags["tag"].implode())).sort("batch_id", "tag", "ts",
+                                                                               maintain_order=True)
+    # integral of the step function from the first change (the recipe, at the start) to each change
+    by = ("batch_id", "tag")
+    held_h = (pl.col("ts").shift(-1).over(by) - pl.col("ts")).dt.total_seconds() / 3600.0
+    s = s.with_columns(area=(pl.col("value") * held_h).fill_null(0.0).cum_sum().over(by) - pl.col("value") * held_h
+                       .fill_null(0.0), first=pl.col("ts").first().over(by))
+    # two changes at one instant: the later-recorded one is in force (it held the earlier one for 0 h)
+    s = s.unique(["batch_id", "tag", "ts"], keep="last", maintain_order=True)
+    s = s.select("batch_id", "tag", pl.col("ts").alias("t"), pl.col("ts").alias("since"), "value", "area",
+                 "first").sort("t")
+    g = g.join_asof(s, on="t", by=["batch_id", "tag"], strategy="backward", check_sortedness=False)
+    # time-weighted mean of the setpoint since the start: exact, whatever rows are asked for
+    span = (pl.col("t") - pl.col("first")).dt.total_seconds() / 3600.0
+    now = (pl.col("t") - pl.col("since")).dt.total_seconds() / 3600.0
+    g = g.with_columns(avg=pl.when(span > 0).then((pl.col("area") + pl.col("value") * now) / span)
+                       .otherwise(pl.col("value")))
+    wide = g.pivot(on="tag", index=["batch_id", "k"], values=["value", "avg"], aggregate_function="first")
+    names = {f"value_{t}": f"sp_{t}" for t in data.setpoint_tags} | {f"avg_{t}": f"sp_{t}_avg"
+                                                                     for t in data.setpoint_tags}
+    wide = wide.rename({k: v for k, v in names.items() if k in wide.columns})
+    cols = [f"sp_{t}" for t in data.setpoint_tags] + [f"sp_{t}_avg" for t in data.setpoint_tags]
+    return out.join(wide, on=["batch_id", "k"], how="left", maintain_order="left").select(
+        "batch_id", "k", *[pl.col(c) if c in wide.columns else pl.lit(None, pl.Float64).alias(c) for c in cols])
 
 
-def _offline_table(data: PlantData, analyte: str) -> pl.DataFrame:
-    """Per offline sample: value, previous value, hours between, and (VCD) the running integral."""
-    o = data.offline.filter(pl.col("analyte") == analyte).sort("batch_id", "ts")
-    dt = (pl.col("ts") - pl.col("ts").shift(1).over("batch_id")).dt.total_seconds() / 3600.0
-    o = o.with_columns(prev=pl.col("value").shift(1).over("batch_id"), dt_h=dt)
-    if analyte == "VCD":  # integral of viable cell density (trapezoid), 1e6 cells x h / mL
-        area = ((pl.col("value") + pl.col("prev")) / 2 * pl.col("dt_h") / 1e6).fill_null(0.0)
-        mu = (pl.col("value") / pl.col("prev")).log() / pl.col("dt_h")  # specific growth rate, 1/h
-        o = o.with_columns(ivcd=area.cum_sum().over("batch_id"),
-                           VCD_mu_h=pl.when(pl.col("value") > 0, pl.col("prev") > 0).then(mu))
-        o = o.with_columns(_vcd_fit(4))
-    return o
+def _offline_table(data: PlantData) -> pl.DataFrame:
+    """Per offline sample: value, previous value, hours between; for VCD the running integral and growth fits."""
+    o = data.offline.filter(pl.col("analyte").is_in(list(OFFLINE_ANALYTES))).sort("batch_id", "analyte", "ts")
+    by = ("batch_id", "analyte")
+    dt = (pl.col("ts") - pl.col("ts").shift(1).over(by)).dt.total_seconds() / 3600.0
+    o = o.with_columns(prev=pl.col("value").shift(1).over(by), dt_h=dt)
+    # integral of viable cell density (trapezoid), 1e6 cells x h / mL; computed for every analyte, kept for VCD
+    area = ((pl.col("value") + pl.col("prev")) / 2 * pl.col("dt_h") / 1e6).fill_null(0.0)
+    mu = (pl.col("value") / pl.col("prev")).log() / pl.col("dt_h")  # specific growth rate, 1/h
+    o = o.with_columns(ivcd=area.cum_sum().over(by), VCD_mu_h=pl.when(pl.col("value") > 0, pl.col("prev") > 0).then(mu))
+    return o.with_columns(_vcd_fit(4))
 
 
 def _vcd_fit(n: int) -> list[pl.Expr]:
     """Least-squares growth rate and fitted ln VCD over the last n counts: one count is 7 % noisy."""
     x = pl.col("ts").dt.epoch("s").cast(pl.Float64) / 3600.0
-    x = x - x.first().over("batch_id")
+    x = x - x.first().over("batch_id", "analyte")
     y = pl.when(pl.col("value") > 0).then(pl.col("value").log())
     ok = y.is_not_null()
     xs = pl.when(ok).then(x)
 
     def s(e: pl.Expr) -> pl.Expr:
-        return e.fill_null(0.0).rolling_sum(n, min_samples=1).over("batch_id")
+        return e.fill_null(0.0).rolling_sum(n, min_samples=1).over("batch_id", "analyte")
 
     m, sx, sy, sxx, sxy = s(ok.cast(pl.Float64)), s(xs), s(y), s(xs * xs), s(xs * y)
     den = m * sxx - sx * sx
@@ -83,28 +102,33 @@ def _vcd_fit(n: int) -> list[pl.Expr]:
     return [pl.when(good).then(slope).alias("VCD_mu_fit"), pl.when(good).then(fit_now).alias("VCD_ln_fit")]
 
 
+_VCD_ONLY = ("ivcd", "VCD_mu_h", "VCD_mu_fit", "VCD_ln_fit")
+_PH_ONLY = ("ph_off_on", "ph_off_on_prev")
+
+
 def _offline_features(data: PlantData, grid: pl.DataFrame, ph_online: pl.DataFrame) -> pl.DataFrame:
-    out = grid.select("batch_id", "k", "t").sort("t")
-    for a in OFFLINE_ANALYTES:
-        o = _offline_table(data, a)
-        if a == "PH":  # offline minus online pH in the bucket the sample was taken: a drifting probe shows here
-            o = o.join(ph_online, on=["batch_id", "ts"], how="left").with_columns(
-                ph_off_on=pl.col("value") - pl.col("ph_on"))
-            o = o.with_columns(ph_off_on_prev=pl.col("ph_off_on").shift(1).over("batch_id"))
-        extra = [c for c in ("ivcd", "VCD_mu_h", "VCD_mu_fit", "VCD_ln_fit", "ph_off_on", "ph_off_on_prev")
-                 if c in o.columns]
-        p = f"off_{a}"
-        o = o.select("batch_id", pl.col("ts").alias("t"), pl.col("ts").alias(f"_{a}_ts"),
-                     pl.col("value").alias(f"{p}_last"), pl.col("prev").alias(f"{p}_prev"),
-                     pl.col("dt_h").alias(f"_{a}_dt"), *[pl.col(c).alias(f"off_{c}") for c in extra]).sort("t")
-        # strictly before t: a sample taken at t is not yet known at t
-        out = out.join_asof(o, on="t", by="batch_id", strategy="backward", allow_exact_matches=False,
-                            check_sortedness=False)
-        out = out.with_columns(
-            ((pl.col("t") - pl.col(f"_{a}_ts")).dt.total_seconds() / 3600.0).alias(f"{p}_age_h"),
-            ((pl.col(f"{p}_last") - pl.col(f"{p}_prev")) / pl.col(f"_{a}_dt")).alias(f"{p}_rate_h"),
-        ).drop(f"_{a}_ts", f"_{a}_dt")
-    return out.sort("batch_id", "k").drop("t")
+    """Last offline result of every analyte strictly before t (a sample taken at t is not yet known at t)."""
+    o = _offline_table(data).join(ph_online, on=["batch_id", "ts"], how="left", maintain_order="left")
+    # offline minus online pH in the bucket the sample was taken: a drifting probe shows here
+    o = o.with_columns(ph_off_on=pl.when(pl.col("analyte") == "PH").then(pl.col("value") - pl.col("ph_on")))
+    o = o.with_columns(ph_off_on_prev=pl.col("ph_off_on").shift(1).over("batch_id", "analyte"))
+    o = o.select("batch_id", "analyte", pl.col("ts").alias("t"), pl.col("ts").alias("sample_ts"),
+                 pl.col("value").alias("last"), "prev", "dt_h", *_VCD_ONLY, *_PH_ONLY).sort("t")
+    analytes = pl.DataFrame({"analyte": list(OFFLINE_ANALYTES)})
+    g = grid.select("batch_id", "k", "t").join(analytes, how="cross").sort("t")
+    g = g.join_asof(o, on="t", by=["batch_id", "analyte"], strategy="backward", allow_exact_matches=False,
+                    check_sortedness=False)
+    g = g.with_columns(age_h=(pl.col("t") - pl.col("sample_ts")).dt.total_seconds() / 3600.0,
+                       rate_h=(pl.col("last") - pl.col("prev")) / pl.col("dt_h"))
+    fields = ("last", "prev", "age_h", "rate_h")
+    wide = g.pivot(on="analyte", index=["batch_id", "k"], values=[*fields, *_VCD_ONLY, *_PH_ONLY],
+                   aggregate_function="first")
+    cols = {f"{f}_{a}": f"off_{a}_{f}" for a in OFFLINE_ANALYTES for f in fields}
+    cols |= {f"{f}_VCD": f"off_{f}" for f in _VCD_ONLY} | {f"{f}_PH": f"off_{f}" for f in _PH_ONLY}
+    exprs = [pl.col(src).alias(dst) if src in wide.columns else pl.lit(None, pl.Float64).alias(dst)
+             for src, dst in cols.items()]
+    out = grid.select("batch_id", "k").join(wide, on=["batch_id", "k"], how="left", maintain_order="left")
+    return out.select("batch_id", "k", *exprs)
 
 
 def _ph_online_at_samples(data: PlantData) -> pl.DataFrame:

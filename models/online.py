@@ -18,10 +18,13 @@ PHASE_TAGS = ("TEMP", "PH", "DO")
 _STATS = ("n_good", "n_bad", "s1", "s2", "vmin", "vmax")
 
 
-def _cube(data: PlantData, tag: str, index: dict[str, int], shape: tuple[int, int]) -> dict[str, np.ndarray]:
+def _cube(b: pl.DataFrame | None, index: dict[str, int], shape: tuple[int, int]) -> dict[str, np.ndarray]:
     """Bucket statistics of one tag as (batch, k) arrays; missing buckets: counts 0, values NaN."""
-    b = data.buckets.filter(pl.col("tag") == tag, pl.col("k") < shape[1])
-    bi = b["batch_id"].replace_strict(index, return_dtype=pl.Int64).to_numpy()
+    if b is None:
+        b = pl.DataFrame(schema={"batch_id": pl.String, "k": pl.Int32, **{s: pl.Float64 for s in _STATS}})
+    b = b.filter(pl.col("k") < shape[1])
+    bi = b["batch_id"].replace_strict(index, return_dtype=pl.Int64).to_numpy() if len(index) > 1 else \
+        np.zeros(b.height, dtype=np.int64)
     ki = b["k"].to_numpy()
     out: dict[str, np.ndarray] = {}
     for s in _STATS:
@@ -121,14 +124,16 @@ def online_features(data: PlantData, rows: pl.DataFrame) -> pl.DataFrame:
     feed = data.batches["feed_h"].to_numpy()
     cols: dict[str, np.ndarray] = {}
     flat = bi * shape[1] + ki
+    by_tag = data.buckets.partition_by("tag", as_dict=True, include_key=False)
     for tag in data.online_tags:
-        cube = _cube(data, tag, index, shape)
+        cube = _cube(by_tag.get((tag,)), index, shape)
         feats = _tag_features(tag, cube, rows_per_h)
         if tag in PHASE_TAGS:
             feats |= _phase_features(tag, cube, hour_end, trans, feed)
         cols |= {name: np.take(a, flat) for name, a in feats.items()}
     steps = np.column_stack([cols[f"{t}_step_z"] for t in data.online_tags]) if data.online_tags else None
     if steps is not None:
-        with np.errstate(all="ignore"):
-            cols["max_step_z"] = np.where(np.all(np.isnan(steps), axis=1), np.nan, np.nanmax(steps, axis=1))
+        filled = np.where(np.isnan(steps), -np.inf, steps)  # nanmax would warn on rows without any value
+        top = filled.max(axis=1)
+        cols["max_step_z"] = np.where(np.isinf(top), np.nan, top)
     return pl.DataFrame(cols).fill_nan(None)

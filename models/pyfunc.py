@@ -6,6 +6,7 @@ Imported only by models.registry and by MLflow when it loads a version (MLflow i
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import mlflow.pyfunc
@@ -30,17 +31,21 @@ class CellwatchPyfunc(mlflow.pyfunc.PythonModel):
         self.kind = (context.model_config or {}).get("kind", "yield")
         if self.kind == "yield":
             self.model: YieldModel | DeviationModel = YieldModel.load(root)
-            self.domain: DomainModel | None = DomainModel.load(f"{root}/domain.json")
+            dom = Path(root) / "domain.json"
+            self.domain: DomainModel | None = DomainModel.load(dom) if dom.exists() else None
         else:
             self.model, self.domain = DeviationModel.load(root), None
 
-    def predict(self, context: Any, model_input: list[Any], params: dict[str, Any] | None = None) -> pd.DataFrame:
+    # no type hint on model_input: MLflow would validate inputs against it (a list) and refuse DataFrames
+    def predict(self, context, model_input, params=None):  # noqa: ANN001, ANN201
         x = _frame(model_input)
         if isinstance(self.model, DeviationModel):
             p = self.model.predict_proba(x)
             return pd.DataFrame({"risk": p, "above_threshold": p >= self.model.threshold_})
         out = self.model.predict_interval(x)
-        verdicts = self.domain.check(x) if self.domain is not None else []
+        if self.domain is None:  # a version logged without its applicability domain
+            return out.with_columns(trustworthy=pl.lit(None, pl.Boolean), reasons=pl.lit("no domain model")).to_pandas()
+        verdicts = self.domain.check(x)
         out = out.with_columns(trustworthy=pl.Series([v.trustworthy for v in verdicts], dtype=pl.Boolean),
                                reasons=pl.Series(["; ".join(v.reasons) for v in verdicts], dtype=pl.String))
         return out.to_pandas()

@@ -50,7 +50,7 @@ class RecommenderConfig:
     max_recommendations: int = 3
     lower_quantile: float = 0.2  # objective: this quantile of the gain over the model's bootstrap draws
     interval: float = 0.8  # reported interval of the gain
-    min_gain: float = 0.01  # a median relative yield gain below this is not worth a change
+    min_gain: float = 0.005  # a median relative yield gain below this is not worth a change
     min_gain_low: float = 0.0  # the lower quantile must not promise a loss
     risk_weight: float = 1.0  # relative yield given up per unit of added deviation probability
     max_risk_increase: float = 0.02
@@ -170,8 +170,9 @@ class Recommender:
             last = state.last_change.get(tag.short)
             wait = timedelta(hours=tag.min_interval_h) - timedelta(minutes=self.config.interval_slack_min)
             if last is not None and state.t - last < wait:
+                ends = last + timedelta(hours=tag.min_interval_h)
                 held.append(f"{tag.short} changed or advised at {last:%Y-%m-%d %H:%M} UTC; minimum interval "
-                            f"{tag.min_interval_h:g} h ends {last + timedelta(hours=tag.min_interval_h):%Y-%m-%d %H:%M}")
+                            f"{tag.min_interval_h:g} h ends {ends:%Y-%m-%d %H:%M}")
             else:
                 free.append(tag)
         return free, held
@@ -277,6 +278,11 @@ class Recommender:
         recs = tuple(self._record(state, c, cur, done, past, digest) for c in chosen)
         return Advice(state.batch_id, state.unit, state.t, recs, tuple(held))
 
+    def recommendations(self, state: BatchState) -> list[Recommendation]:
+        """The architecture's Recommender protocol: the records alone (none when there is no advice)."""
+        result = self.recommend(state)
+        return list(result.recommendations) if isinstance(result, Advice) else []
+
     def _candidates(self, state: BatchState, tags: list[Tag], cur: dict[str, float], done: float,
                     past: dict[str, float]) -> tuple[list[_Candidate], list[str]]:
         """Changes of one setpoint each: a fraction of max_step either way, inside PAR and the training range."""
@@ -288,7 +294,8 @@ class Recommender:
                 continue
             lo, hi = step_bounds(tag, cur[tag.short])
             seen_lo, seen_hi = ranges.get(f"sp_{tag.short}", (-np.inf, np.inf))
-            for v in sorted({round(float(np.clip(cur[tag.short] + s * f * tag.max_step, lo, hi)), 6)  # type: ignore[operator]
+            step = float(tag.max_step)  # type: ignore[arg-type]
+            for v in sorted({round(float(np.clip(cur[tag.short] + s * f * step, lo, hi)), 6)
                              for f in self.config.steps for s in (-1.0, 1.0)}):
                 if abs(v - cur[tag.short]) > _EPS and within_limits(tag, cur[tag.short], v) \
                         and seen_lo - _EPS <= v <= seen_hi + _EPS:

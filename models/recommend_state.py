@@ -10,7 +10,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta, timezone
-from typing import Any
 
 import polars as pl
 
@@ -47,37 +46,6 @@ class BatchState:
             raise ValueError(f"BatchState.t must be timezone-aware UTC, got {self.t!r}")
         if self.row.height != 1:
             raise ValueError(f"BatchState.row must hold exactly one feature row, got {self.row.height}")
-
-
-class _BatchRecords:
-    """Records with the per-batch queries pushed down: load_plant_data reads whole tables, 1 s on 400 batches."""
-
-    def __init__(self, records: Records, batch_ids: list[str]) -> None:
-        self._records, self._ids = records, batch_ids
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._records, name)
-
-    def _per_batch(self, name: str, **kw: Any) -> pl.DataFrame:
-        frames = [getattr(self._records, name)(batch_id=b, **kw) for b in self._ids]
-        return pl.concat(frames, how="diagonal_relaxed") if frames else getattr(self._records, name)(**kw)
-
-    def offline_results(self, *args: Any, **kw: Any) -> pl.DataFrame:
-        return self._records.offline_results(*args, **kw) if args or kw else self._per_batch("offline_results")
-
-    def setpoints(self, *args: Any, **kw: Any) -> pl.DataFrame:
-        return self._records.setpoints(*args, **kw) if args or kw else self._per_batch("setpoints")
-
-    def release_results(self, *args: Any, **kw: Any) -> pl.DataFrame:
-        return self._records.release_results(*args, **kw) if args or kw else self._per_batch("release_results")
-
-    def fault_labels(self, *args: Any, **kw: Any) -> pl.DataFrame:
-        return self._records.fault_labels(*args, **kw) if args or kw else self._per_batch("fault_labels")
-
-    def covariates(self, batch_id: str | None = None, wide: bool = False) -> pl.DataFrame:
-        if batch_id is not None or not wide:
-            return self._records.covariates(batch_id, wide)
-        return self._per_batch("covariates", wide=True)
 
 
 def _floor(t: datetime, bucket_min: int) -> datetime:
@@ -123,8 +91,10 @@ def states_from_data(data: PlantData, at: Mapping[str, datetime],
         bid = info["batch_id"]
         row = rows.filter(pl.col("batch_id") == bid)
         t = at[bid]
-        sp = {tag: row[f"sp_{tag}"][0] if f"sp_{tag}" in row.columns else None for tag in data.setpoint_tags}
         changes = d.setpoints.filter(pl.col("batch_id") == bid, pl.col("ts") <= t)
+        # in force at t itself, not at the bucket boundary: a change since then must bound the next step
+        now = dict(changes.group_by("tag", maintain_order=True).agg(pl.col("value").last()).iter_rows())
+        sp = {tag: now.get(tag) for tag in data.setpoint_tags}
         last = {tag: ts for tag, ts in changes.group_by("tag").agg(pl.col("ts").max()).iter_rows()}
         for tag, ts in _last_recommended(store, bid, t).items():
             last[tag] = max(ts, last[tag]) if tag in last else ts
@@ -138,10 +108,8 @@ def states_from_data(data: PlantData, at: Mapping[str, datetime],
 def load_states(hist: Historian, records: Records, site: Site, at: Mapping[str, datetime],
                 store: RecommendationStore | None = None, bucket_min: int = 10) -> dict[str, BatchState]:
     """BatchStates of running batches at their as-of times, from the historian, records and earlier advice."""
-    ids = sorted(at)
-    view = _BatchRecords(records, ids) if len(ids) <= 20 else records  # many batches: whole tables are cheaper
     until = max(at.values())
-    data = load_plant_data(hist, view, site, ids, until=until, bucket_min=bucket_min)  # type: ignore[arg-type]
+    data = load_plant_data(hist, records, site, sorted(at), until=until, bucket_min=bucket_min)
     return states_from_data(data, at, store)
 
 

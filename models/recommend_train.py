@@ -49,7 +49,7 @@ def site_par(site: Site) -> dict[tuple[str, str], tuple[float, float]]:
 
 def fit_domain(data: PlantData, cfg: TrainConfig) -> DomainModel:
     """Applicability domain (models.domain) on feature rows of finished batches inside the advisory window."""
-    f = feature_rows(data, rows_every(data, int(round(cfg.domain_step_h * 60)), 24.0))
+    f = feature_rows(data, rows_every(data, round(cfg.domain_step_h * 60), 24.0))
     return DomainModel().fit(yield_target(data, f).drop("log10_tvc"))
 
 

@@ -149,7 +149,7 @@ class SetpointEffectModel:
         self.theta_, self.draws_ = theta, draws
         self.varied_ = {f"{k}|{t}": int(v) for (k, t), v in varied.items()}
         self.residual_sd_ = float(1.4826 * np.median(np.abs(ry - design @ theta)))
-        self.n_batches_ = int(len(y))
+        self.n_batches_ = len(y)
         return self
 
     # ---- the surface ----------------------------------------------------------------------
@@ -219,7 +219,8 @@ class SetpointEffectModel:
     # ---- persistence -----------------------------------------------------------------------
 
     def to_dict(self) -> dict:
-        return {"init": {"anchor_h": self.anchor_h, "n_boot": self.n_boot, "ridge": self.ridge, "quad_ridge": self.quad_ridge, "huber_k": self.huber_k,
+        return {"init": {"anchor_h": self.anchor_h, "n_boot": self.n_boot, "ridge": self.ridge,
+                         "quad_ridge": self.quad_ridge, "huber_k": self.huber_k,
                          "cv_folds": self.cv_folds, "n_rounds": self.n_rounds, "min_varied": self.min_varied,
                          "seed": self.seed},
                 "kinds": self.kinds_, "tags": self.tags_, "par": self.par_, "theta": self.theta_.tolist(),

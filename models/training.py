@@ -12,6 +12,7 @@ import polars as pl
 from models.baselines import PCAMonitor, PLSYield
 from models.config import ModelConfig
 from models.dataset import PlantData
+from models.deviation import EXCLUDE as DEV_EXCLUDE
 from models.deviation import DeviationModel
 from models.domain import DomainModel
 from models.encoding import Encoder, fingerprint
@@ -168,7 +169,7 @@ def _tune_deviation(p: Prepared, cfg: ModelConfig, n_trials: int, storage: str |
     val = _val_mask(w["batch_id"].to_numpy())
     fit_rows = w.filter(pl.Series(~val) & pl.col("fit"))
     val_rows = w.filter(pl.Series(val) & pl.col("fit"))
-    enc = Encoder().fit(fit_rows)
+    enc = Encoder(DEV_EXCLUDE).fit(fit_rows)
     td = TuneData(enc.transform(fit_rows), fit_rows["y"].to_numpy(), enc.transform(val_rows), val_rows["y"].to_numpy(),
                   w_fit=fit_rows["weight"].to_numpy(), w_val=val_rows["weight"].to_numpy())
     return tune("deviation", td, n_trials, cfg.seed, storage, f"{study}-deviation" if study else None)
@@ -184,7 +185,8 @@ def fit_models(p: Prepared, cfg: ModelConfig, n_trials: int | None = None, stora
     timings["tune_yield_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     f = p.yield_train
-    ym = YieldModel(yt.params if yt else None, yt.n_rounds if yt else 300, cfg.interval, cfg.cv_folds, cfg.seed)
+    ym = YieldModel(yt.params if yt else None, yt.n_rounds if yt else 300, cfg.interval, cfg.calibration_fraction,
+                    cfg.seed)
     ym.fit(f, f["log10_tvc"].to_numpy(), f["batch_id"].to_numpy())
     dom = DomainModel().fit(f)
     timings["fit_yield_s"] = time.perf_counter() - t0
@@ -193,7 +195,7 @@ def fit_models(p: Prepared, cfg: ModelConfig, n_trials: int | None = None, stora
     timings["tune_deviation_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     w = p.warn_train
-    dm = DeviationModel(dt.params if dt else None, dt.n_rounds if dt else 200, cfg.cv_folds,
+    dm = DeviationModel(dt.params if dt else None, dt.n_rounds if dt else 200, cfg.deviation_cv_folds,
                         cfg.target_false_alarms_per_batch_day, cfg.seed)
     dm.fit(w, w["y"].to_numpy(), w["batch_id"].to_numpy(), (w["y"] == 1).to_numpy() | w["ignore"].to_numpy(),
            w["fit"].to_numpy(), w["weight"].to_numpy())

@@ -16,7 +16,7 @@ import numpy as np
 
 from models.boost import BASE_PARAMS
 
-MAX_ROUNDS = {"yield": 500, "deviation": 150}
+MAX_ROUNDS = {"yield": 300, "deviation": 150}
 METRIC = {"yield": "l2", "deviation": "binary_logloss"}
 
 
@@ -77,7 +77,7 @@ def tune(kind: str, data: TuneData, n_trials: int, seed: int, storage: str | Non
     study = optuna.create_study(
         study_name=name, storage=storage, load_if_exists=True, direction="minimize",
         sampler=optuna.samplers.TPESampler(seed=seed),
-        pruner=optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=40, interval_steps=10),
+        pruner=optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=20, interval_steps=10),
     )
     dfit = lgb.Dataset(data.x_fit, data.y_fit, init_score=data.init_fit, weight=data.w_fit, free_raw_data=False,
                        params={"max_bin": BASE_PARAMS["max_bin"], "feature_pre_filter": False})
@@ -87,8 +87,8 @@ def tune(kind: str, data: TuneData, n_trials: int, seed: int, storage: str | Non
     def objective(trial: optuna.Trial) -> float:
         params = {**BASE_PARAMS, **_space(kind, trial), "metric": metric, "seed": seed}
         booster = lgb.train(params, dfit, MAX_ROUNDS[kind], valid_sets=[dval], valid_names=["valid"],
-                            callbacks=[LightGBMPruningCallback(trial, metric, valid_name="valid"),
-                                       lgb.early_stopping(25, verbose=False)])
+                            callbacks=[LightGBMPruningCallback(trial, metric, valid_name="valid", report_interval=10),
+                                       lgb.early_stopping(20, verbose=False)])
         trial.set_user_attr("n_rounds", int(booster.best_iteration or MAX_ROUNDS[kind]))
         return float(booster.best_score["valid"][metric])
 

@@ -2,8 +2,10 @@
 
 Boosting starts from the viable cells in the vessel now (fitted VCD x mass), so the trees learn the
 growth still to come rather than the level; a Huber loss keeps the rare batch lost to contamination
-from dominating. The 80 % interval is conformalised quantile regression (CQR): P10/P90 boosters
-widened per culture day by out-of-fold conformity scores of held-out batches.
+from dominating. The 80 % interval is split-conformal quantile regression: P10/P90 boosters fitted on the
+older training batches, widened (in units of their own width) so that they cover 80 % of the newest
+training batches, which they never saw. Out-of-fold scores from models fitted on less data than the
+final one gave over-wide intervals (87 % coverage for a nominal 80 %).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from models.boost import group_folds, load_booster, train
+from models.boost import load_booster, train
 from models.encoding import Encoder
 
 OFFSET_COLUMNS = ("tvc_log10_fit", "tvc_log10")
@@ -35,11 +37,11 @@ class YieldModel:
     """log10 harvest viable cells with an `interval` prediction interval; sklearn estimator contract."""
 
     def __init__(self, params: dict[str, Any] | None = None, n_rounds: int = 400, interval: float = 0.8,
-                 cv_folds: int = 4, seed: int = 7) -> None:
+                 calibration_fraction: float = 0.25, seed: int = 7) -> None:
         self.params = params
         self.n_rounds = n_rounds
         self.interval = interval
-        self.cv_folds = cv_folds
+        self.calibration_fraction = calibration_fraction
         self.seed = seed
 
     # ---- fitting -------------------------------------------------------------------------
@@ -67,21 +69,19 @@ class YieldModel:
         x = self.encoder_.transform(X)
         init = self.offset(X)
         self.booster_ = train(self._params(), x, y, self.n_rounds, init, self.encoder_.names_)
-        self.lo_booster_, self.hi_booster_ = self._quantile_pair(x, y, init)
-        # CQR: conformity scores of out-of-fold quantile predictions, per culture day
-        scores = np.full(len(y), np.nan)
-        for idx in group_folds(np.asarray(groups), self.cv_folds):
-            rest = np.setdiff1d(np.arange(len(y)), idx)
-            lo, hi = self._quantile_pair(x[rest], y[rest], init[rest])
-            q_lo = lo.predict(x[idx]) + init[idx]
-            q_hi = hi.predict(x[idx]) + init[idx]
-            scores[idx] = np.maximum(np.minimum(q_lo, q_hi) - y[idx], y[idx] - np.maximum(q_lo, q_hi))
-        days = culture_day(X["t_h"].to_numpy())
+        # split conformal: quantile boosters on the older batches, calibrated on the newest ones
+        groups = np.asarray(groups)
+        _, first = np.unique(groups, return_index=True)
+        order = groups[np.sort(first)]
+        cal = np.isin(groups, order[int(round((1 - self.calibration_fraction) * len(order))):])
+        self.lo_booster_, self.hi_booster_ = self._quantile_pair(x[~cal], y[~cal], init[~cal])
+        q_lo = self.lo_booster_.predict(x[cal], num_threads=1) + init[cal]
+        q_hi = self.hi_booster_.predict(x[cal], num_threads=1) + init[cal]
+        lo, hi = np.minimum(q_lo, q_hi), np.maximum(q_lo, q_hi)
+        width = np.maximum(hi - lo, 1e-6)
+        scores = np.maximum(lo - y[cal], y[cal] - hi) / width  # in units of the interval's own width
         self.corrections_ = {"all": _conformal_quantile(scores, self.interval)}
-        for d in np.unique(days):
-            s = scores[days == d]
-            if len(s) >= 20:
-                self.corrections_[str(int(d))] = _conformal_quantile(s, self.interval)
+        self.n_calibration_batches_ = int(len(np.unique(groups[cal])))
         self.n_train_rows_ = len(y)
         self.n_train_batches_ = int(len(np.unique(groups)))
         return self
@@ -94,31 +94,23 @@ class YieldModel:
     def predict(self, X: pl.DataFrame) -> np.ndarray:  # noqa: N803
         """Median estimate of log10 harvest viable cells."""
         x, init = self._matrix(X)
-        return self.booster_.predict(x) + init
+        return self.booster_.predict(x, num_threads=1) + init
 
-    def correction(self, t_h: np.ndarray) -> np.ndarray:
-        days = culture_day(t_h)
-        known = sorted(int(k) for k in self.corrections_ if k != "all")
-        out = []
-        for d in days:
-            key = str(d) if str(d) in self.corrections_ else (str(max(known)) if known and d > max(known) else "all")
-            out.append(self.corrections_[key])
-        return np.array(out, dtype=float)
 
     def predict_interval(self, X: pl.DataFrame) -> pl.DataFrame:  # noqa: N803
         """yield_log10 (median), lo and hi of the calibrated interval, per row."""
         x, init = self._matrix(X)
-        med = self.booster_.predict(x) + init
-        q_lo, q_hi = self.lo_booster_.predict(x) + init, self.hi_booster_.predict(x) + init
-        c = self.correction(X["t_h"].to_numpy())
-        lo = np.minimum(np.minimum(q_lo, q_hi) - c, med)  # sorted quantiles: crossing is not guaranteed away
-        hi = np.maximum(np.maximum(q_lo, q_hi) + c, med)
+        med = self.booster_.predict(x, num_threads=1) + init
+        q_lo, q_hi = self.lo_booster_.predict(x, num_threads=1) + init, self.hi_booster_.predict(x, num_threads=1) + init
+        lo, hi = np.minimum(q_lo, q_hi), np.maximum(q_lo, q_hi)  # sorted: crossing is not guaranteed away
+        c = self.corrections_["all"] * np.maximum(hi - lo, 1e-6)
+        lo, hi = np.minimum(lo - c, med), np.maximum(hi + c, med)
         return pl.DataFrame({"yield_log10": med, "lo": lo, "hi": hi})
 
     def contributions(self, X: pl.DataFrame) -> np.ndarray:  # noqa: N803
         """Per-row feature contributions (log10 units) of the median model; last column = bias."""
         x, _ = self._matrix(X)
-        return np.asarray(self.booster_.predict(x, pred_contrib=True))
+        return np.asarray(self.booster_.predict(x, pred_contrib=True, num_threads=1))
 
     # ---- persistence ---------------------------------------------------------------------
 
@@ -126,10 +118,10 @@ class YieldModel:
         p = Path(path)
         p.mkdir(parents=True, exist_ok=True)
         meta = {"init": {"params": self.params, "n_rounds": self.n_rounds, "interval": self.interval,
-                         "cv_folds": self.cv_folds, "seed": self.seed},
+                         "calibration_fraction": self.calibration_fraction, "seed": self.seed},
                 "encoder": self.encoder_.to_dict(), "corrections": self.corrections_,
                 "offset_default": self.offset_default_, "n_train_rows": self.n_train_rows_,
-                "n_train_batches": self.n_train_batches_}
+                "n_train_batches": self.n_train_batches_, "n_calibration_batches": self.n_calibration_batches_}
         (p / "yield_model.json").write_text(json.dumps(meta, indent=1, sort_keys=True))
         for name in ("booster_", "lo_booster_", "hi_booster_"):
             (p / f"{name.rstrip('_')}.txt").write_text(getattr(self, name).model_to_string())
@@ -143,6 +135,7 @@ class YieldModel:
         m.corrections_ = {k: float(v) for k, v in meta["corrections"].items()}
         m.offset_default_ = float(meta["offset_default"])
         m.n_train_rows_, m.n_train_batches_ = meta["n_train_rows"], meta["n_train_batches"]
+        m.n_calibration_batches_ = meta["n_calibration_batches"]
         for name in ("booster_", "lo_booster_", "hi_booster_"):
             setattr(m, name, load_booster((p / f"{name.rstrip('_')}.txt").read_text()))
         return m

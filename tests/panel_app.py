@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import panel_scenario as ps
 import polars as pl
 from streamlit.runtime.pages_manager import PagesManager
 from streamlit.testing.v1 import AppTest
-
-import panel_scenario as ps
 
 APP = Path(__file__).resolve().parents[1] / "dashboards" / "app.py"
 
@@ -27,7 +26,8 @@ class NavigationPages(PagesManager):
 def texts(at: AppTest) -> str:
     """Everything a user reads on the page, as one string."""
     parts = []
-    for kind in ("title", "header", "subheader", "markdown", "caption", "info", "warning", "error", "success", "metric"):
+    kinds = ("title", "header", "subheader", "markdown", "caption", "info", "warning", "error", "success", "metric")
+    for kind in kinds:
         for el in getattr(at, kind):
             parts.append(str(getattr(el, "label", "")) + " " + str(el.value))
     return "\n".join(parts)
@@ -46,6 +46,14 @@ def login(username: str, password: str | None = None) -> AppTest:
 
 def open_page(at: AppTest, key: str) -> AppTest:
     at.switch_page(f"pages/{key}.py").run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def open_tab(at: AppTest, key: str, label: str) -> AppTest:
+    """Switch lazy tabs (only the open one runs) as a click on the tab would."""
+    at.session_state[key] = label
+    at.run()
     assert not at.exception, [e.value for e in at.exception]
     return at
 

@@ -6,17 +6,19 @@ Real data: a small generated history with a live tail (tests/panel_scenario.py),
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 from datetime import timedelta
 
+import panel_scenario as ps
 import polars as pl
 import pytest
+from panel_app import APP, frame, login, open_page, open_tab, refused, texts
 from streamlit.testing.v1 import AppTest
 
-import panel_scenario as ps
 from dashboards import actions, ui
-from panel_app import frame, login, open_page, refused, texts
 from plant.recommendations import RecommendationStore
+from plant.records import Records
 from plant.roles import AccessDenied
 
 PAGES = [p.key for p in ui.PAGES]
@@ -65,6 +67,25 @@ def test_every_page_under_every_role(role):
             assert f"not available to role {role}" in texts(at)
 
 
+def test_login_asks_for_an_id_token_when_an_identity_provider_is_configured(monkeypatch, tmp_path):
+    Records.open(tmp_path / "records.db").close()
+    cfg = tmp_path / "identity.toml"
+    cfg.write_text('[identity]\nprovider = "oidc"\nissuer = "https://idp.plant.example"\nclient_id = "cellwatch"\n'
+                   'jwks_uri = "https://idp.plant.example/jwks"\n')
+    monkeypatch.setenv("CELLWATCH_DATA", str(tmp_path))
+    monkeypatch.setenv("CELLWATCH_IDENTITY", str(cfg))
+    at = AppTest.from_file(APP, default_timeout=90).run()
+    assert at.text_input(key="login_secret").label == "ID token"
+    assert "identity provider https://idp.plant.example" in texts(at)
+
+
+def test_a_folder_without_records_is_a_message_not_a_traceback(monkeypatch, tmp_path):
+    monkeypatch.setenv("CELLWATCH_DATA", str(tmp_path / "nothing"))
+    at = AppTest.from_file(APP, default_timeout=90).run()
+    assert not at.exception
+    assert "no records.db here" in at.error[0].value and "cellwatch demo" in at.error[0].value
+
+
 def test_session_expiry_returns_to_login_with_a_message():
     at = login("ed")
     s = at.session_state["cw_session"]
@@ -89,11 +110,14 @@ def test_overview_shows_every_unit_and_room(panel_scenario):
 
 def test_batch_page_running_and_finished_batches():
     at = open_page(login("olga"), "batch")
-    assert at.metric[2].value == "running"
-    assert "No model is registered yet" in texts(at)  # predictions tab, empty state
+    assert at.metric[1].value == "running"
+    [trends] = at.get("vega_lite_chart")  # one stacked view: TEMP, PH, DO, AGIT, CO2 against their limits
+    assert len(json.loads(trends.proto.spec)["vconcat"]) == 5
+    assert "No model is registered yet" in texts(open_tab(at, "batch_tab", "Predictions"))  # empty state
     finished = next(o for o in at.selectbox(key="batch_select").options if "harvested" in o)
     at.selectbox(key="batch_select").set_value(finished.split(" · ")[1]).run()
-    assert at.metric[2].value == "harvested"
+    assert at.metric[1].value == "harvested"
+    open_tab(at, "batch_tab", "Offline samples")
     analytes = set(frame(at.dataframe[0])["analyte"])
     assert {"VCD", "VIAB"} <= analytes
 
@@ -117,21 +141,26 @@ def test_alarms_operator_acknowledges_but_may_not_shelve(plant):
     assert "ACK" in texts(at)
     assert plant.journal.read(alarm_id=target)["event"][-1] == "ACK"
     assert plant.audit.entries(entity="alarm", entity_id=target, actor="olga").height == 1
-    session = at.session_state["cw_session"]
-    with pytest.raises(AccessDenied):
-        actions.shelve_alarm(plant, session, target, "trying", 1.0)
+    with pytest.raises(AccessDenied, match="alarm.shelve"):
+        actions.shelve_alarm(plant, at.session_state["cw_session"], target, "trying", 1.0)
 
 
 def test_alarms_engineer_shelves_and_qa_only_reads(plant):
     at = open_page(login("ed"), "alarms")
-    target = at.selectbox(key="alarm_pick").options[0]
+    target = at.selectbox(key="alarm_pick").options[-1]
+    at.selectbox(key="alarm_pick").set_value(target)
     at.radio(key="alarm_action_kind").set_value("Shelve")
+    at.number_input(key="alarm_hours").set_value(1.5)
     at.text_input(key="alarm_reason").input("sensor being replaced")
     at.button(key="FormSubmitter:alarm_action-Apply").click().run()
-    assert "SHELVED" in texts(at)
+    assert f"{target}: SHELVE → SHELVED" in texts(at)
+    last = plant.journal.read(alarm_id=target).row(-1, named=True)
+    assert last["event"] == "SHELVE" and last["actor"] == "ed"
     qa = open_page(login("quinn"), "alarms")
     assert "may view alarms but not acknowledge" in texts(qa)
-    assert "KPI" in texts(qa) or qa.dataframe  # the KPI tab renders too
+    open_tab(qa, "alarm_tab", "KPIs")
+    kpis = next(frame(df) for df in qa.dataframe if "KPI" in frame(df).columns)  # the KPI tab
+    assert "alarms per operator per 10 min (mean)" in kpis["KPI"].to_list()
 
 
 # ------------------------------------------------------------------------------------------ recommendations

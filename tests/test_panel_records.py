@@ -8,13 +8,14 @@ import json
 import tempfile
 from pathlib import Path
 
+import panel_scenario as ps
 import polars as pl
 import pytest
+from panel_app import frame, login, open_page, open_tab, texts
 from pypdf import PdfReader
 
-import panel_scenario as ps
-from dashboards import actions, model_registry as mr
-from panel_app import frame, login, open_page, texts
+from dashboards import actions
+from dashboards import model_registry as mr
 from plant.roles import AccessDenied
 
 pytestmark = pytest.mark.usefixtures("panel_env")
@@ -70,7 +71,7 @@ def test_deviation_lifecycle_engineer_investigates_qa_closes_with_signature_and_
 
 def test_qa_reviews_a_batch_audit_trail_with_a_signature(panel_plant, panel_scenario):
     batch = panel_scenario.running[min(panel_scenario.running)]
-    at = open_page(login("quinn"), "qa")
+    at = open_tab(open_page(login("quinn"), "qa"), "qa_tab", "Batch review")
     at.selectbox(key="rv_batch").set_value(batch).run()
     assert "audit trail not reviewed by QA" in texts(at)
     at.text_input(key="rv_pw").input(ps.USERS["quinn"][2])
@@ -85,7 +86,7 @@ def test_audit_search_and_export_is_itself_audited(panel_plant, panel_scenario):
                                                                   panel_scenario.now, 37.2)])
     olga = panel_plant.users.authenticate("olga", ps.USERS["olga"][2])
     actions.decide_recommendation(panel_plant, olga, rec_id, "rejected", ps.USERS["olga"][2], "culture too young")
-    at = open_page(login("quinn"), "qa")
+    at = open_tab(open_page(login("quinn"), "qa"), "qa_tab", "Audit trail")
     at.text_input(key="au_text").input(rec_id).run()
     found = frame(at.dataframe[-1])
     assert found["action"].to_list() == ["decide", "sign"]  # newest first
@@ -98,8 +99,8 @@ def test_audit_search_and_export_is_itself_audited(panel_plant, panel_scenario):
     at.button(key="au_verify").click().run()
     assert "chain intact" in texts(at)
     # an engineer reads the trail but may not export it
-    eng = open_page(login("ed"), "qa")
-    assert not [b for b in eng.button if b.key == "au_export"]
+    eng = open_tab(open_page(login("ed"), "qa"), "qa_tab", "Audit trail")
+    assert eng.text_input(key="au_text") is not None and not [b for b in eng.button if b.key == "au_export"]
     with pytest.raises(AccessDenied, match="audit.export"):
         actions.export_audit(panel_plant, eng.session_state["cw_session"], found, {})
 
@@ -140,6 +141,7 @@ def registered(panel_plant):
 def test_data_scientist_promotes_through_the_gate_with_a_signature(panel_plant, registered):
     at = open_page(login("dana"), "models")
     assert "holdout.rmse_log10_day5" in frame(at.dataframe[0])["metric"].to_list()  # champion vs challenger
+    open_tab(at, "models_tab", "Promote and retrain")
     assert "Gate: all checks hold" in texts(at)
     at.text_input(key="promote_reason").input("meets the acceptance criteria on the locked hold-out")
     at.text_input(key="promote_pw").input(ps.USERS["dana"][2])
@@ -150,7 +152,7 @@ def test_data_scientist_promotes_through_the_gate_with_a_signature(panel_plant, 
     assert history["outcome"].to_list()[-1] == "promoted" and history["decided_by"].to_list()[-1] == "dana"
     trail = panel_plant.audit.entries(entity="model", entity_id="batch_yield")
     assert trail["action"].to_list()[-2:] == ["sign", "promote"]
-    qa = open_page(login("quinn"), "models")
+    qa = open_tab(open_page(login("quinn"), "models"), "models_tab", "Promote and retrain")
     assert "may review models but not promote them" in texts(qa)
 
 
@@ -159,7 +161,7 @@ def test_drift_of_live_inputs(panel_plant, panel_scenario):
     assert {"rocking_bag", "stirred_tank"} == set(table["unit kind"])
     assert table["PSI"].drop_nulls().len() > 0
     assert set(table["verdict"]) <= {"stable", "watch", "drifted", "-"}
-    at = open_page(login("dana"), "models")
+    at = open_tab(open_page(login("dana"), "models"), "models_tab", "Drift")
     at.toggle(key="drift_on").set_value(True).run()
     assert not at.exception
     assert any("PSI" in frame(df).columns for df in at.dataframe)

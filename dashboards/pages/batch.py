@@ -21,10 +21,9 @@ with ui.errors("reading the batch"):
     st.query_params["batch"] = chosen  # a link to this page opens the same batch
     batch, source = choices[ids.index(chosen)]
     batch_view.header(batch, source, now)
-    trends, samples, predicted = st.tabs(["Trends", "Offline samples", "Predictions"])
-    with trends:
-        batch_view.trends(data, batch, source, now)
-    with samples:
-        batch_view.offline(data, batch, source)
-    with predicted:
-        batch_view.model_outputs(batch, now)
+    sections = {"Trends": lambda: batch_view.trends(data, batch, source, now),
+                "Offline samples": lambda: batch_view.offline(data, batch, source),
+                "Predictions": lambda: batch_view.model_outputs(batch, now)}
+    for label, tab in ui.lazy_tabs(list(sections), "batch_tab"):
+        with tab:
+            sections[label]()

@@ -5,7 +5,8 @@ from datetime import timedelta
 import polars as pl
 import streamlit as st
 
-from dashboards import cached, charts, queries as q, ui, views
+from dashboards import cached, charts, ui, views
+from dashboards import queries as q
 
 ui.guard("cleanroom")
 plant = ui.plant()
@@ -16,6 +17,7 @@ WINDOW = timedelta(hours=24)
 
 @st.fragment(run_every=ui.REFRESH_S * 2)
 def live() -> None:
+    ui.check_idle()
     with ui.errors("reading the rooms"):
         now = cached.now(data)
         if now is None:
@@ -39,7 +41,8 @@ def live() -> None:
                 "% of limit": st.column_config.ProgressColumn(format="%.0f%%", min_value=0, max_value=100)})
         room = st.selectbox("Room", [r.room for r in rooms], key="cr_room",
                             format_func=lambda r: f"{r} (grade {plant.site.rooms[r].grade}) {plant.site.rooms[r].name}")
-        values = cached.trend(data, "live", (f"{room}.P05", f"{room}.P50"), now - WINDOW, now + timedelta(minutes=1), 288)
+        tags = (f"{room}.P05", f"{room}.P50")
+        values = cached.trend(data, "live", tags, now - WINDOW, now + timedelta(minutes=1), 288)
         cols = st.columns(2)
         for col, size, short in ((cols[0], "0.5", "P05"), (cols[1], "5.0", "P50")):
             frame = values.filter(pl.col("tag") == f"{room}.{short}").with_columns(room=pl.lit(room))

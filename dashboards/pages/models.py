@@ -5,7 +5,8 @@ import os
 
 import streamlit as st
 
-from dashboards import model_registry as mr, models_view, ui
+from dashboards import model_registry as mr
+from dashboards import models_view, ui
 
 session = ui.guard("models")
 plant = ui.plant()
@@ -18,20 +19,22 @@ st.link_button("Open the MLflow UI", ui_url, icon=":material/open_in_new:")
 st.caption(f"Tracking store `{plant.mlflow_uri}` (artifacts under `mlruns/` beside it). Start the UI with "
            f"`mlflow ui --backend-store-uri {plant.mlflow_uri}`.")
 
-tabs = st.tabs(["Champion vs challenger", "Versions and runs", "Drift", "Promote and retrain", "Promotions"])
-versions = []
-with tabs[0], ui.errors("reading the model registry"):
+def versions() -> list:
+    """Registered versions, or an empty list (with a message) when no model was trained yet."""
     if not mr.store_exists(plant):
-        st.info("No model has been trained yet: there is no MLflow store in this data folder. Predictions, "
-                "risk and recommendations appear across the panel once a model is trained and promoted.")
-    else:
-        versions = models_view.registry_versions(ui.data_key())
-        models_view.champion_challenger(versions)
-with tabs[1], ui.errors("reading MLflow"):
-    models_view.versions_and_runs(versions)
-with tabs[2], ui.errors("computing drift"):
-    models_view.drift(versions)
-with tabs[3], ui.errors("the model action"):
-    models_view.promote_and_retrain(versions)
-with tabs[4], ui.errors("reading promotions"):
-    st.dataframe(mr.promotion_history(plant), hide_index=True, width="stretch")
+        st.info("No model has been trained yet: there is no MLflow store for this plant. Predictions, risk and "
+                "recommendations appear across the panel once a model is trained and promoted.")
+        return []
+    return models_view.registry_versions(ui.data_key())
+
+
+SECTIONS = {
+    "Champion vs challenger": lambda: models_view.champion_challenger(versions()),
+    "Versions and runs": lambda: models_view.versions_and_runs(versions()),
+    "Drift": lambda: models_view.drift(versions()),
+    "Promote and retrain": lambda: models_view.promote_and_retrain(versions()),
+    "Promotions": lambda: st.dataframe(mr.promotion_history(plant), hide_index=True, width="stretch"),
+}
+for label, tab in ui.lazy_tabs(list(SECTIONS), "models_tab"):
+    with tab, ui.errors(f"the {label.lower()} tab"):
+        SECTIONS[label]()

@@ -14,6 +14,7 @@ data = ui.data_key()
 
 @st.fragment(run_every=ui.REFRESH_S)
 def live() -> None:
+    ui.check_idle()
     with ui.errors("reading the plant"):
         now = cached.now(data)
         if now is None:
@@ -23,8 +24,7 @@ def live() -> None:
         units, rooms = cached.units(data, now), cached.rooms(data, now)
         st.caption(f"Data time {now:%Y-%m-%d %H:%M} UTC · updates every {ui.REFRESH_S:g} s "
                    f"(last {datetime.now(timezone.utc):%H:%M:%S} UTC)")
-        charts.show(views.unit_grid(units))
-        charts.show(views.room_grid(rooms))
+        charts.show(charts.stack([views.unit_grid(units), views.room_grid(rooms)]))
         views.unit_cards(units, views.harvest_forecasts(units, now))
         st.subheader("Rooms")
         st.dataframe(views.rooms_table(rooms), hide_index=True, width="stretch")

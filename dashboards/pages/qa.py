@@ -15,6 +15,6 @@ tabs = qa_view.tabs_for(ui.can)
 if not tabs:
     st.info(f"Your role ({session.role}) has no quality records to work on.")
     st.stop()
-for tab, name in zip(st.tabs(tabs), tabs):
+for name, tab in ui.lazy_tabs(tabs, "qa_tab"):
     with tab, ui.errors(f"the {name.lower()} tab"):
         qa_view.TABS[name]()

@@ -35,8 +35,8 @@ def pending_card(rec: dict) -> None:
                                schema={"feature": pl.String(), "contribution": pl.Float64()}, orient="row")
         if drivers.height:
             charts.show(charts.drivers_chart(drivers))
-        st.caption(f"Proposed {rec['created_ts']:%Y-%m-%d %H:%M} UTC"
-                   + (f" · PAR {tag.par[0]:g}-{tag.par[1]:g} {uom}, largest step {tag.max_step:g}" if tag and tag.par else ""))
+        limits = f" · PAR {tag.par[0]:g}-{tag.par[1]:g} {uom}, largest step {tag.max_step:g}" if tag and tag.par else ""
+        st.caption(f"Proposed {rec['created_ts']:%Y-%m-%d %H:%M} UTC{limits}")
         if may_decide:
             decision_form(rec)
 
