@@ -6,7 +6,8 @@
 
 The first call creates .venv/ and installs cellwatch with its test extra into it; later calls
 reinstall only when pyproject.toml changed. Anything after the command is passed on, e.g.
-`python3 run.py test -k historian` or `python3 run.py cellwatch simulate --batches 50`.
+`python3 run.py test -k historian` or `python3 run.py cellwatch simulate --batches 50`;
+`python3 run.py mlflow run . -e train ...` runs MLflow with the environment's python first on PATH.
 """
 
 from __future__ import annotations
@@ -52,10 +53,13 @@ def main() -> None:
         argv = [str(BIN / "cellwatch"), "demo", *args]
     elif command == "test":
         argv = [str(BIN / "python"), "-m", "pytest", *args]
-    elif command == "cellwatch":
-        argv = [str(BIN / "cellwatch"), *args]
+    elif command in ("cellwatch", "mlflow"):
+        argv = [str(BIN / command), *args]
     else:
-        sys.exit(f"unknown command {command!r}: use demo, test or cellwatch")
+        sys.exit(f"unknown command {command!r}: use demo, test, cellwatch or mlflow")
+    # Children (MLflow project commands, the demo's services) must find this environment's python first.
+    os.environ["PATH"] = os.pathsep.join([str(BIN), os.environ.get("PATH", "")])
+    os.environ["VIRTUAL_ENV"] = str(VENV)
     os.execv(argv[0], argv)
 
 

@@ -29,10 +29,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))  # the scenario builder and browser set-up the tests use
 
 import panel_scenario as ps  # noqa: E402
+from ui.conftest import CHROMIUM, CHROMIUM_ARGS  # noqa: E402 - the browser the browser test uses
 from dashboards import start_panel, wait_ready  # noqa: E402
 
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
 IDLE = '[data-testid="stApp"][data-test-script-state="notRunning"]'
 CHARTS_DRAWN = """() => [...document.querySelectorAll('.vega-embed')].every(e => e.querySelector('canvas, svg'))"""
 BARE_APP = '''import streamlit as st
@@ -110,6 +109,9 @@ def main() -> None:
     args = ap.parse_args()
     from playwright.sync_api import sync_playwright
 
+    if not CHROMIUM.exists():
+        sys.exit(f"the benchmark needs the OS package's Chromium at {CHROMIUM} (apt-get install chromium)")
+
     os.environ["CELLWATCH_IDENTITY"] = str(ps.IDENTITY_FILE)
     work = args.keep or Path(tempfile.mkdtemp(prefix="bench-panel-"))
     shutil.rmtree(work / "plant", ignore_errors=True)  # a kept folder from an earlier run
@@ -133,7 +135,7 @@ def main() -> None:
         wait_ready(panel_port, proc=panel)
         wait_ready(bare_port, proc=baseline)
         with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
+            browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
             page = browser.new_page(viewport={"width": 1440, "height": 1000})
             page.goto(f"http://127.0.0.1:{bare_port}/", wait_until="domcontentloaded")
             page.get_by_role("heading", name="Bare one").wait_for(timeout=60_000)

@@ -177,23 +177,32 @@ def plant_live(speed: float, hours: float, seed: int, out: Path, site_path: str 
 
 
 @cli.command()
-@click.option("--data", "-d", default=DEFAULT_DATA / "demo", show_default=True, type=click.Path(path_type=Path))
-@click.option("--batches", "-n", default=200, show_default=True, type=click.IntRange(1))
+@click.option("--data", "-d", default=DEFAULT_DATA / "demo", show_default=True, type=click.Path(path_type=Path),
+              help="Demo folder: history, models, users, the live plant's data and the logs.")
+@click.option("--batches", "-n", default=200, show_default=True, type=click.IntRange(1),
+              help="Batches of history generated on first run (what the models learn from).")
 @click.option("--seed", "-s", default=1, show_default=True, type=click.IntRange(0))
-def demo(data: Path, batches: int, seed: int) -> None:
-    """Run the demo plant end to end on embedded defaults (first run generates its history)."""
-    from plant.sim.history import generate_history
+@click.option("--trials", default=10, show_default=True, type=click.IntRange(0),
+              help="Optuna trials per model on first run (cellwatch train's default is 30).")
+@click.option("--panel-port", default=8501, show_default=True, type=click.IntRange(0, 65535),
+              help="Panel port (a free one when taken; the same for the ports below).")
+@click.option("--mlflow-port", default=5000, show_default=True, type=click.IntRange(0, 65535))
+@click.option("--ingest-port", default=9108, show_default=True, type=click.IntRange(0, 65535),
+              help="Ingest /metrics and /health.")
+@click.option("--fault-scale", default=10.0, show_default=True, type=click.FloatRange(0),
+              help="Multiplies the live twin's fault rates, so there is always something to see.")
+@click.option("--preroll-h", default=12.0, show_default=True, type=click.FloatRange(0),
+              help="Hours of the plant's past run (and stored) before it goes live, so every unit has a batch.")
+@click.option("--alarms-every", default=60.0, show_default=True, type=click.FloatRange(0),
+              help="Seconds between alarm-engine runs over the new telemetry (0 = never).")
+def demo(data: Path, batches: int, seed: int, trials: int, panel_port: int, mlflow_port: int, ingest_port: int,
+         fault_scale: float, preroll_h: float, alarms_every: float) -> None:
+    """The demo plant end to end: history, models and users on first run, then the live twin's OPC UA and
+    Modbus servers, ingest, the panel and the MLflow UI until Ctrl-C. A second run reuses what exists."""
+    from cellwatch.demo import DemoConfig, run
 
-    if not (data / "records.db").exists():
-        click.echo(f"first run: generating {batches} batches of plant history into {data} ...")
-        with click.progressbar(length=1, label="simulating", file=sys.stderr) as bar:
-            def progress(done: int, total: int) -> None:
-                bar.length = total
-                bar.update(done - bar.pos)
-            generate_history(load_demo_site(), data, batches, seed, progress=progress)
-    else:
-        click.echo(f"reusing the history in {data}")
-    click.echo(summary.render(Historian(data / "historian"), Records.open(data / "records.db")))
+    run(DemoConfig(data, batches, seed, trials, panel_port, mlflow_port, ingest_port, fault_scale, preroll_h,
+                   alarms_every))
 
 
 # -- command groups of other modules: one import + cli.add_command(...) line each, below this marker --

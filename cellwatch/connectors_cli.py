@@ -54,9 +54,18 @@ def _run_until_signal(main) -> None:  # noqa: ANN001
               help="Simulated hours run before serving, so every unit has a batch.")
 @click.option("--endpoint", "endpoints", multiple=True, help="Serve only these OPC UA endpoint ids (repeatable).")
 @click.option("--no-modbus", is_flag=True, help="Do not start the Modbus devices.")
+@click.option("--fault-scale", default=1.0, show_default=True, type=click.FloatRange(0),
+              help="Multiplies the twin's fault rates (the demo raises them so there is always something to see).")
+@click.option("--records", "records_db", type=click.Path(path_type=Path, dir_okay=False),
+              help="Keep this records database current with the twin's batches, as the plant's MES/LIMS would "
+                   "(batches, setpoint changes, offline results, harvests).")
+@click.option("--backfill", type=click.Path(path_type=Path, file_okay=False),
+              help="Write the preroll's telemetry into this historian folder (the plant's past, before the "
+                   "connectors came up); only what is newer than the data already there.")
 @_log_opt
 def plant_serve(site_path: str | None, pki: Path, secrets: Path, seed: int, speed: float, start: str | None,
-                preroll_h: float, endpoints: tuple[str, ...], no_modbus: bool, log_level: str) -> None:
+                preroll_h: float, endpoints: tuple[str, ...], no_modbus: bool, fault_scale: float,
+                records_db: Path | None, backfill: Path | None, log_level: str) -> None:
     """Serve the digital twin over OPC UA (bioreactors) and Modbus TCP (cleanroom instruments)."""
     from plant.secrets import ensure_demo_secrets, server_users
     from plant.sim.live import LiveTwin
@@ -77,11 +86,51 @@ def plant_serve(site_path: str | None, pki: Path, secrets: Path, seed: int, spee
             datetime.now(timezone.utc).replace(second=0, microsecond=0) - timedelta(minutes=preroll)
     except ValueError:
         raise click.UsageError(f"--start: not an ISO date/time: {start!r} (e.g. 2025-01-06T08:00)") from None
-    twin = LiveTwin(site, seed, t0)
-    servers = PlantServers(site, twin, pki, users, modbus=not no_modbus)
+    records = recorder = None
+    if records_db is not None:
+        from plant.records import Records
+        from plant.sim.live_records import LiveRecorder, fresh_index_base
+
+        records_db.parent.mkdir(parents=True, exist_ok=True)
+        records = Records.open(records_db)
+        twin = LiveTwin(site, seed, t0, fault_rate_scale=fault_scale,
+                        index_base=fresh_index_base(records, site, seed))
+        recorder = LiveRecorder(records, twin)
+    else:
+        twin = LiveTwin(site, seed, t0, fault_rate_scale=fault_scale)
+    servers = PlantServers(site, twin, pki, users, modbus=not no_modbus, recorder=recorder)
     if endpoints:
         servers.opcua = {k: v for k, v in servers.opcua.items() if k in endpoints}
-    servers.preroll(preroll)
+    after = None
+    if backfill is not None:
+        from plant.historian import Historian
+
+        historian = Historian(backfill)
+        after = bounds[1] if (bounds := historian.time_bounds()) is not None else None
+    if recorder is not None:
+        when = max(after or t0, t0)
+        if closed := recorder.close_stale(when, "the live twin restarted: this batch was lost"):
+            click.echo(f"{len(closed)} batch(es) of the twin's last run recorded as terminated")
+    if backfill is not None:
+        import polars as pl
+
+        writer = historian.writer(max_rows=200_000, max_age_s=3600)
+        count = 0
+
+        def sink(frame: pl.DataFrame) -> None:
+            nonlocal count
+            if after is not None:
+                frame = frame.filter(pl.col("ts") > after)
+            writer.append(frame)
+            count += frame.height
+
+        try:
+            servers.preroll(preroll, sink)
+        finally:
+            writer.close()
+        click.echo(f"preroll: {preroll / 60:g} h of the plant's past, {count:,} samples written to {backfill}")
+    else:
+        servers.preroll(preroll)
 
     async def main(stop: asyncio.Event) -> None:
         await servers.start()
@@ -92,7 +141,11 @@ def plant_serve(site_path: str | None, pki: Path, secrets: Path, seed: int, spee
         finally:
             await servers.stop()
 
-    _run_until_signal(main)
+    try:
+        _run_until_signal(main)
+    finally:
+        if records is not None:
+            records.close()
 
 
 @click.command("ingest")

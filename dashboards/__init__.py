@@ -26,7 +26,8 @@ def panel_command(data_dir: Pathish, port: int = 8501, address: str = "127.0.0.1
     """The `streamlit run` command line that serves the panel for a data folder (and an older history)."""
     extra = [*(["--history", str(Path(history).resolve())] if history else []),
              *(["--mlflow", str(Path(mlflow_db).resolve())] if mlflow_db else [])]
-    return [sys.executable, "-m", "streamlit", "run", str(APP_FILE),
+    # -P: a folder in the working directory named like a package (e.g. a data folder's plant/) must not shadow it
+    return [sys.executable, "-P", "-m", "streamlit", "run", str(APP_FILE),
             "--server.headless", "true", "--server.port", str(port), "--server.address", address,
             "--browser.gatherUsageStats", "false",
             "--client.showErrorDetails", "none",  # users get our messages, never a traceback

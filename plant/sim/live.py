@@ -45,12 +45,13 @@ class LiveTwin:
     """Deterministic live plant: same seed and start, same telemetry and records."""
 
     def __init__(self, site: Site, seed: int, start: datetime, injections: list[Injection] | None = None,
-                 fault_rate_scale: float = 1.0) -> None:
+                 fault_rate_scale: float = 1.0, index_base: int = LIVE_INDEX_BASE) -> None:
         if start.tzinfo is None or start.second or start.microsecond:
             raise ValueError(f"live start must be an aware UTC time on a whole minute, got {start!r}")
         self.site, self.seed, self.now = site, seed, start
         self.injections = injections or []
         self.scale = fault_rate_scale
+        self.index_base = index_base  # batch indexes (and ids) start here; see live_records.fresh_index_base
         self.rooms = CleanroomTwin(site, seed, [i for i in self.injections if i.target in site.rooms], fault_rate_scale)
         self.units = list(site.units.values())
         self.slots = [_Slot(u.id, 0, start + timedelta(minutes=90 * i)) for i, u in enumerate(self.units)]
@@ -91,7 +92,7 @@ class LiveTwin:
     def _start(self, slot: _Slot) -> None:
         unit = self.site.units[slot.unit]
         recipe = recipe_for(self.site, unit)
-        index = LIVE_INDEX_BASE + slot.count * len(self.slots) + self.slots.index(slot)
+        index = self.index_base + slot.count * len(self.slots) + self.slots.index(slot)
         forced = injections_for(unit.id, self.now, recipe.harvest_day * 24.0, self.injections)
         slot.plan = plan_batch(self.site, unit, recipe, index, self.now, self.seed, self.scale, forced)
         slot.bank = Bank([slot.plan])

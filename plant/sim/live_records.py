@@ -8,11 +8,35 @@ results and the twin's fault labels.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 
-from plant.records import BatchRecord, DonorCovariate, OfflineResult, Records, SetpointChange
-from plant.sim.live import LiveTwin
-from plant.sim.plan import BatchPlan
+from plant.records import (
+    BatchRecord,
+    DonorCovariate,
+    OfflineResult,
+    Records,
+    SetpointChange,
+    coi_id,
+)
+from plant.sim.live import LIVE_INDEX_BASE, LiveTwin
+from plant.sim.plan import BatchPlan, twin_key
+from plant.site import Site
+
+RUN_STRIDE = 1_000_000_000  # batch indexes one live run may use before the next run's range begins
+
+
+def fresh_index_base(records: Records, site: Site, seed: int) -> int:
+    """The first index base whose batch ids the store has not seen, so a restarted live twin never reuses one.
+
+    A run's first batch (unit 1, index = base) is recorded before any other, so checking it is enough.
+    """
+    key, base = twin_key(seed), LIVE_INDEX_BASE
+    while True:
+        try:
+            records.get_batch(coi_id(site.info.code, base, key))
+        except KeyError:
+            return base
+        base += RUN_STRIDE
 
 
 @dataclass(slots=True)
@@ -48,6 +72,21 @@ class LiveRecorder:
         self.records.add_release_results(done.release)
         self.records.add_fault_labels(done.labels)
         self.twin.started = [p for p in self.twin.started if p.batch_id in self._seen]
+
+    def close_stale(self, when: datetime, note: str) -> list[str]:
+        """Terminate the batches the store holds as running that this twin does not run (call before the first
+        sync): a restarted live twin starts afresh, and the batches of its last run are lost, as in a plant
+        whose bioreactors were stopped."""
+        mine = {p.batch_id for p in self.twin.started} | {s.plan.batch_id for s in self.twin.slots if s.plan}
+        closed = []
+        for row in self.records.batches(status="running").iter_rows(named=True):
+            if row["batch_id"] in mine:
+                continue
+            end = max(when, row["start_ts"] + timedelta(minutes=1))
+            self.records.update_batch(row["batch_id"], end_ts=end, status="terminated", disposition="rejected",
+                                      notes=note)
+            closed.append(row["batch_id"])
+        return closed
 
     def records_setpoints(self, batch_id: str) -> list[SetpointChange]:
         frame = self.records.setpoints(batch_id)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import polars as pl
 
 from plant.secrets import ServerUser
 from plant.sim.live import LiveTwin
+from plant.sim.live_records import LiveRecorder
 from plant.sim.modbus_server import ModbusPlant
 from plant.sim.opcua_server import Row, UnitOpcUaServer
 from plant.site import Site, Tag
@@ -37,8 +39,11 @@ class PlantServers:
     """Every OPC UA endpoint and Modbus device of a site, fed by one LiveTwin."""
 
     def __init__(self, site: Site, twin: LiveTwin, pki: Path, users: dict[str, ServerUser],
-                 modbus: bool = True, opcua: bool = True, record: bool = False) -> None:
+                 modbus: bool = True, opcua: bool = True, record: bool = False,
+                 recorder: LiveRecorder | None = None, sync_every_min: int = 15) -> None:
         self.site, self.twin, self.pki, self.users = site, twin, pki, users
+        # recorder: keeps a records store current with the twin's batches, as a plant's MES/LIMS would
+        self.recorder, self.sync_every_min = recorder, sync_every_min
         self.target = TwinTarget(twin)
         self.opcua = {e.id: UnitOpcUaServer(site, e.id, pki, users, self.target)
                       for e in site.endpoints.values() if e.protocol == "opcua"} if opcua else {}
@@ -57,6 +62,8 @@ class PlantServers:
             await self.modbus.start()
 
     async def stop(self) -> None:
+        if self.recorder is not None:
+            self.recorder.sync()
         for srv in self.opcua.values():
             await srv.stop()
         if self.modbus is not None:
@@ -85,6 +92,8 @@ class PlantServers:
         frame = self.twin.step()
         self.steps += 1
         self.last_frame = frame
+        if self.recorder is not None and self.steps % self.sync_every_min == 0:
+            self.recorder.sync()
         await self.publish(frame, self.twin.now)
         return frame
 
@@ -129,9 +138,21 @@ class PlantServers:
         while stop is None or not stop.is_set():
             await self.step()
             due += period
-            await asyncio.sleep(max(0.0, due - loop.time()))
+            delay = max(0.0, due - loop.time())
+            if stop is None:
+                await asyncio.sleep(delay)
+                continue
+            try:  # at speed 1 a step is a minute away: stop must not wait for it
+                await asyncio.wait_for(stop.wait(), delay)
+            except TimeoutError:
+                pass
 
-    def preroll(self, minutes: int) -> None:
-        """Run the twin ahead without publishing (so every unit has a batch when serving starts)."""
+    def preroll(self, minutes: int, sink: Callable[[pl.DataFrame], None] | None = None) -> None:
+        """Run the twin ahead without publishing (so every unit has a batch when serving starts); sink gets
+        each minute's samples (e.g. to backfill a historian with the plant's past)."""
         for _ in range(minutes):
             self.last_frame = self.twin.step()
+            if sink is not None:
+                sink(self.last_frame)
+        if self.recorder is not None:
+            self.recorder.sync()
