@@ -7,14 +7,94 @@ import logging
 import random
 import time
 import zlib
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
 from enum import StrEnum
+from itertools import chain
 from typing import Protocol
 
-from plant.connector_log import ConnectorEvent
-from plant.samples import Quality, Sample, utcnow
+import numpy as np
+import polars as pl
 
-Emit = Callable[[list[Sample]], None]
+from plant.connector_log import ConnectorEvent
+from plant.samples import SAMPLE_SCHEMA, TS_DTYPE, Quality, Sample, utcnow
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_US = timedelta(microseconds=1)
+
+
+@dataclass(slots=True)
+class SampleBatch:
+    """One burst of samples as columns, all received at the same moment.
+
+    The OPC UA connector emits these instead of a Sample per value: at 10,000 values/s a frozen dataclass
+    per value, and polars converting timezone-aware datetimes one by one, cost more CPU than receiving
+    them. Iterating a batch still yields Samples (for taps, tests and simple sinks)."""
+
+    tag: list[str]
+    value: list[float | None]
+    quality: list[str]  # Quality values
+    status: list[str | None]  # None when fine
+    source_ts: list[datetime | None]  # None when the source sent none (never re-sent, so never deduplicated)
+    server_ts: list[datetime | None]
+    received_ts: datetime
+
+    def __len__(self) -> int:
+        return len(self.tag)
+
+    def __iter__(self) -> Iterator[Sample]:
+        rec = self.received_ts
+        for tag, value, q, status, src, srv in zip(self.tag, self.value, self.quality, self.status,
+                                                   self.source_ts, self.server_ts):
+            yield Sample(tag, value, Quality(q), src, srv, rec, status or "")
+
+    def select(self, keep: list[int]) -> SampleBatch:
+        """The rows at these indices, in this order."""
+        cols = (self.tag, self.value, self.quality, self.status, self.source_ts, self.server_ts)
+        return SampleBatch(*([c[i] for i in keep] for c in cols), self.received_ts)  # type: ignore[arg-type]
+
+    def to_frame(self) -> pl.DataFrame:
+        """The batch in SAMPLE_SCHEMA."""
+        return batches_to_frame([self])
+
+
+def batches_to_frame(batches: list[SampleBatch]) -> pl.DataFrame:
+    """Consecutive batches as one frame in SAMPLE_SCHEMA, in order. Timestamps go to polars as integer
+    microseconds (exact, and about five times faster than handing it aware datetimes); one frame for many
+    small batches, because building a frame costs a fixed few hundred microseconds."""
+    if len(batches) == 1:
+        b = batches[0]
+        tag, value, quality, status, src, srv = b.tag, b.value, b.quality, b.status, b.source_ts, b.server_ts
+    else:
+        def cat(col: str) -> list:
+            return list(chain.from_iterable(getattr(b, col) for b in batches))
+        tag, value, quality, status = cat("tag"), cat("value"), cat("quality"), cat("status")
+        src, srv = cat("source_ts"), cat("server_ts")
+    epoch, us = _EPOCH, _US
+    received = np.repeat(np.array([(b.received_ts - epoch) // us for b in batches], dtype=np.int64),
+                         [len(b) for b in batches])
+    ts = [(s if s is not None else v) for s, v in zip(src, srv)]
+    if None in ts:  # neither a source nor a server timestamp: the receive time is the best there is
+        rec = [b.received_ts for b in batches for _ in range(len(b))]
+        ts = [t if t is not None else r for t, r in zip(ts, rec)]
+    return pl.DataFrame({
+        "ts": _us_series(ts),
+        "tag": pl.Series(tag, dtype=pl.String),
+        "value": pl.Series(value, dtype=pl.Float64),
+        "quality": pl.Series(quality, dtype=SAMPLE_SCHEMA["quality"]),
+        "status": pl.Series(status, dtype=pl.String),
+        "server_ts": _us_series(srv),
+        "received_ts": pl.Series(received, dtype=pl.Int64).cast(TS_DTYPE),
+    })
+
+
+def _us_series(values: list[datetime | None]) -> pl.Series:
+    epoch, us = _EPOCH, _US
+    return pl.Series([None if d is None else (d - epoch) // us for d in values], dtype=pl.Int64).cast(TS_DTYPE)
+
+
+Emit = Callable[["list[Sample] | SampleBatch"], None]
 OnEvent = Callable[[ConnectorEvent], None]
 
 
@@ -101,6 +181,11 @@ class Freshness:
         self.last[tag] = now
         self.stale.discard(tag)
 
+    def touch_many(self, tags: list[str], now: float) -> None:
+        self.last.update(dict.fromkeys(tags, now))
+        if self.stale:
+            self.stale.difference_update(tags)
+
     def restart(self) -> None:
         """Start every clock afresh (after a reconnect the gap is already marked MISSING)."""
         now = time.monotonic()
@@ -130,7 +215,7 @@ class QueueSink:
     def __init__(self) -> None:
         self._q: asyncio.Queue[Sample] = asyncio.Queue()
 
-    def __call__(self, samples: list[Sample]) -> None:
+    def __call__(self, samples: list[Sample] | SampleBatch) -> None:
         for s in samples:
             self._q.put_nowait(s)
 

@@ -9,12 +9,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
+import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+import numpy as np
+from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client.core import HistogramMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.utils import floatToGoString
 
 from connectors.base import ConnectorState
 
@@ -43,9 +48,8 @@ class IngestMetrics:
         self.files = Gauge("cellwatch_ingest_buffer_files", "Files in the store-and-forward buffer", registry=r)
         self.historian_ok = Gauge("cellwatch_ingest_historian_healthy", "1 while the historian takes writes",
                                   registry=r)
-        self.latency = Histogram("cellwatch_ingest_latency_seconds",
-                                 "Server (else receive) timestamp to historian commit", buckets=_LATENCY_BUCKETS,
-                                 registry=r)
+        self.latency = BulkHistogram("cellwatch_ingest_latency_seconds",
+                                     "Server (else receive) timestamp to historian commit", _LATENCY_BUCKETS, r)
         self.state = Gauge("cellwatch_connector_state", "1 for the current state of each connector",
                            ["endpoint", "protocol", "state"], registry=r)
         self.historian_ok.set(1)
@@ -64,8 +68,44 @@ class IngestMetrics:
         span = max(1.0, now - self._window[0][0]) if self._window else 1.0
         self.rate.set(sum(k for _, k in self._window) / span)
 
+    def observe_latencies(self, seconds: np.ndarray) -> None:
+        self.latency.observe_many(seconds)
+
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class BulkHistogram:
+    """A Prometheus histogram fed whole arrays at once: prometheus_client's Histogram takes one observe()
+    call (and one lock) per value, which at 10,000 commits/s was a visible share of the ingest CPU."""
+
+    def __init__(self, name: str, documentation: str, buckets: Sequence[float], registry: CollectorRegistry) -> None:
+        self.name, self.documentation = name, documentation
+        self._bounds = np.array([b for b in buckets if not math.isinf(b)], dtype=np.float64)
+        self._counts = np.zeros(len(self._bounds) + 1, dtype=np.int64)  # the last one is +Inf
+        self._sum = 0.0
+        self._lock = threading.Lock()
+        registry.register(self)
+
+    def observe(self, value: float) -> None:
+        self.observe_many(np.array([value], dtype=np.float64))
+
+    def observe_many(self, values: np.ndarray) -> None:
+        if len(values) == 0:
+            return
+        values = np.asarray(values, dtype=np.float64)
+        # side="left": a value equal to a bound belongs to that bucket (Prometheus buckets are "le").
+        counts = np.bincount(np.searchsorted(self._bounds, values, side="left"), minlength=len(self._counts))
+        with self._lock:
+            self._counts += counts
+            self._sum += float(values.sum())
+
+    def collect(self) -> Iterator[HistogramMetricFamily]:
+        with self._lock:
+            cumulative, total = np.cumsum(self._counts), self._sum
+        les = [floatToGoString(b) for b in self._bounds] + ["+Inf"]
+        yield HistogramMetricFamily(self.name, self.documentation, buckets=list(zip(les, map(int, cumulative))),
+                                    sum_value=total)
 
 
 class MetricsServer:

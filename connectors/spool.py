@@ -56,6 +56,7 @@ class Spool:
         for tmp in self.root.glob("*.tmp"):  # a batch whose write never finished was never accepted
             tmp.unlink(missing_ok=True)
         self._files = self._scan()
+        self._marks: dict[str, tuple[str, datetime]] | None = None  # state's last_ts, parsed (see record_committed)
         self._next = max([f.seq for f in self._files], default=self.committed_seq()) + 1
 
     def _scan(self) -> list[SpoolFile]:
@@ -117,18 +118,29 @@ class Spool:
     def committed(self, files: list[SpoolFile], last_ts: dict[str, datetime]) -> None:
         """Record that the historian holds these files (state first, then delete: a crash in between only
         leaves a file the next start recognises as already committed)."""
+        self.record_committed(files, last_ts)
+        self.forget(files)
+
+    def record_committed(self, files: list[SpoolFile], last_ts: dict[str, datetime]) -> None:
+        """The disk half of committed(): state file (fsync) and deletes; may run in a worker thread while the
+        owner keeps the files in pending() until it calls forget()."""
         if not files:
             return
-        state = self.state()
-        marks = state.get("last_ts", {})
+        if self._marks is None:  # read once: this process is the only writer of the state
+            self._marks = {k: (v, datetime.fromisoformat(v)) for k, v in self.state().get("last_ts", {}).items()}
+        marks = self._marks
         for tag, ts in last_ts.items():
             old = marks.get(tag)
-            if old is None or datetime.fromisoformat(old) < ts:
-                marks[tag] = ts.isoformat()
-        self._write_state({"committed_seq": max(f.seq for f in files), "last_ts": marks})
-        done = {f.seq for f in files}
+            if old is None or old[1] < ts:
+                marks[tag] = (ts.isoformat(), ts)
+        self._write_state({"committed_seq": max(f.seq for f in files),
+                           "last_ts": {tag: text for tag, (text, _) in marks.items()}})
         for f in files:
             f.path.unlink(missing_ok=True)
+
+    def forget(self, files: list[SpoolFile]) -> None:
+        """Drop committed files from pending() (the in-memory half of committed())."""
+        done = {f.seq for f in files}
         self._files = [f for f in self._files if f.seq not in done]
 
     # ---- state ---------------------------------------------------------------------------------

@@ -227,3 +227,56 @@ async def test_node_ids_browse_paths_and_units_are_checked(plant):
         assert seen["BR01.TEMP"].status == "unit mismatch: server 'Cel', site 'K'"
     finally:
         await conn.stop()
+
+
+async def test_a_publish_becomes_one_batch_with_quality_status_and_both_timestamps(plant):
+    conn, _ = _connector(plant)
+    conn._handles = ["BR01.TEMP", "BR01.DO", "BR01.PH", "BR01.CO2", "BR01.TEMP"]  # client handle = index + 1000
+    src, srv = T0, T0 + timedelta(milliseconds=3)
+
+    def item(i: int, value, code: int | None = None) -> ua.MonitoredItemNotification:
+        return ua.MonitoredItemNotification(ClientHandle=1000 + i, Value=ua.DataValue(
+            None if value is None else ua.Variant(value), StatusCode=None if code is None else ua.StatusCode(code),
+            SourceTimestamp=src, ServerTimestamp=srv))
+    items = [item(0, 36.5), item(1, 7), item(2, None, ua.StatusCodes.BadSensorFailure), item(3, "high"),
+             item(4, 36.6, 0x480), item(99, 1.0)]  # 0x480: Good with the overflow bit; handle 1099 is not ours
+    batch = conn._columns(items)
+    assert batch.tag == ["BR01.TEMP", "BR01.DO", "BR01.PH", "BR01.CO2", "BR01.TEMP"]
+    assert batch.value == [36.5, 7.0, None, None, 36.6] and type(batch.value[1]) is float
+    assert batch.quality == ["GOOD", "GOOD", "BAD", "BAD", "GOOD"]
+    assert batch.status[:4] == [None, None, "BadSensorFailure", "not a number: str"]
+    assert "overflow" in batch.status[4]
+    assert batch.source_ts == [src] * 5 and batch.server_ts == [srv] * 5 and conn.notifications == 5
+    samples = list(batch)  # the Sample view of a batch, for sinks that want objects
+    assert samples[2].quality == Quality.BAD and samples[2].status == "BadSensorFailure" and samples[0].ts == src
+    conn._mismatch = {"BR01.TEMP": "unit mismatch: server 'Cel', site 'K'"}
+    again = conn._columns(items[:1])
+    assert again.quality == ["UNCERTAIN"] and again.status == ["unit mismatch: server 'Cel', site 'K'"]
+
+
+async def test_the_subscription_queues_one_event_per_publish_not_per_value():
+    from types import SimpleNamespace
+
+    from asyncua.common.subscription import (
+        StatusChangeEvent,
+        Subscription,
+        SubscriptionItemData,
+    )
+
+    from connectors.opcua import _Burst, _deliver_in_bursts
+
+    session = SimpleNamespace(observer=SimpleNamespace(on_notification=lambda *a: None))
+    sub = Subscription(session, ua.CreateSubscriptionParameters(), None, queue_maxsize=0)  # type: ignore[arg-type]
+    for h in (1000, 1001):
+        data = SubscriptionItemData()
+        data.node, data.client_handle = object(), h
+        sub._monitored_items[h] = data
+    assert _deliver_in_bursts(sub)
+    dc = ua.DataChangeNotification(MonitoredItems=[
+        ua.MonitoredItemNotification(ClientHandle=h, Value=ua.DataValue(ua.Variant(1.0))) for h in (1000, 1001, 1000)])
+    msg = ua.NotificationMessage(SequenceNumber=1, NotificationData=[
+        dc, ua.StatusChangeNotification(Status=ua.StatusCode(ua.StatusCodes.BadTimeout))])
+    await sub.publish_callback(ua.PublishResult(SubscriptionId=1, NotificationMessage=msg))
+    first, second = sub._event_queue.get_nowait(), sub._event_queue.get_nowait()
+    assert isinstance(first, _Burst) and len(first.items) == 3 and isinstance(second, StatusChangeEvent)
+    assert sub._event_queue.empty()

@@ -8,7 +8,7 @@ from datetime import datetime, timedelta, timezone
 import polars as pl
 import pytest
 
-from connectors.base import ConnectorState, StateTracker
+from connectors.base import ConnectorState, SampleBatch, StateTracker, batches_to_frame
 from connectors.ingest import IngestService, IngestSettings
 from connectors.spool import Spool, SpoolError
 from plant.historian import Historian
@@ -80,16 +80,16 @@ async def test_resent_values_are_dropped_by_tag_and_source_timestamp_also_after_
     s = samples("D.A", 3)
     svc._accept(s)
     svc._accept([s[-1], s[1]])  # an OPC UA server re-sends current values after a reconnect
-    assert len(svc._pending) == 3 and svc.metrics.duplicates._value.get() == 2
+    assert svc.pending_rows == 3 and svc.metrics.duplicates._value.get() == 2
     gap = Sample("D.A", None, Quality.MISSING, None, None, T, "connection lost")
     svc._accept([gap, gap])  # markers have no source timestamp: never taken for re-sends
-    assert len(svc._pending) == 5
+    assert svc.pending_rows == 5
     await svc._flush()
     assert await svc._commit()
     restarted = service(tmp_path)
     restarted._seed_dedupe()
     restarted._accept([s[-1]] + samples("D.A", 1, 3))
-    assert [x.value for x in restarted._pending] == [3.0]
+    assert [x.value for part in restarted._pending for x in part] == [3.0]
 
 
 def test_each_state_change_is_logged_once_and_handed_on(caplog):
@@ -114,3 +114,24 @@ def test_spool_frames_keep_the_sample_schema(tmp_path):
     f = sp.append(samples_to_frame(samples("S.A", 2)))
     assert sp.read(f).schema == samples_to_frame(samples("S.A", 1)).schema
     assert pl.read_ipc(f.path.read_bytes()).height == 2
+
+
+@pytest.mark.asyncio
+async def test_a_batch_of_columns_is_deduplicated_and_stored_like_samples(tmp_path):
+    s = samples("B.A", 3)
+    batch = SampleBatch([x.tag for x in s], [x.value for x in s], ["GOOD"] * 3, [None] * 3, [x.source_ts for x in s],
+                        [x.server_ts for x in s], T + timedelta(minutes=1))
+    assert batches_to_frame([batch, batch.select([1])]).equals(samples_to_frame([*batch, *batch.select([1])]))
+    svc = service(tmp_path)
+    svc._accept(batch)
+    svc._accept(batch.select([2, 0]))  # re-sent after a reconnect
+    gap = Sample("B.A", None, Quality.MISSING, None, None, T + timedelta(minutes=2), "connection lost")
+    svc._accept([gap])
+    svc._accept(SampleBatch(["B.A"], [3.0], ["GOOD"], [None], [T + timedelta(seconds=3)], [None], T))
+    assert svc.pending_rows == 5 and svc.metrics.duplicates._value.get() == 2
+    await svc._flush()
+    assert await svc._commit()
+    rows = svc.historian.read()
+    assert rows["value"].to_list() == [0.0, 1.0, 2.0, 3.0, None]  # sorted by ts: the gap marker is last
+    assert rows["received_ts"].to_list()[:3] == [T + timedelta(minutes=1)] * 3
+    assert rows["server_ts"].to_list()[3] is None and rows["status"].to_list()[4] == "connection lost"
