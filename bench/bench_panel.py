@@ -1,14 +1,17 @@
 """Benchmark: the panel in a real browser with 8 units live on top of 30 days of history (issue 7).
 
-Generates the history (twin), runs the live twin in a background thread (one plant minute per wall
+Generates the history (twin), trains the yield and deviation models on it and registers them as champion (so the
+overview computes its predicted-yield tiles, as in the demo), runs the live twin in a background thread (one plant minute per wall
 second, written to the historian as the connectors would), starts the real panel (`streamlit run`) and
 a bare two-page Streamlit app as the baseline, and drives both with headless Chromium (Playwright):
+  * the login (click -> the menu shows the user), then the overview it lands on (menu -> script finished and
+    charts drawn), timed apart;
   * each page's first render: link click -> page script finished and every chart drawn (target < 2 s);
     then a second visit (warm caches);
   * the overview's live refresh: the fragment rerun every 5 s, from run start to run end (target < 500 ms);
   * the panel process's memory before and after the refresh ticks (bounded caches: no growth).
 
-    python bench/bench_panel.py [--batches 18] [--ticks 24] [--keep DIR]
+    python bench/bench_panel.py [--batches 18] [--ticks 24] [--trials 1] [--keep DIR]
 """
 
 from __future__ import annotations
@@ -105,6 +108,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--batches", type=int, default=18, help="history batches (18 fill about 30 days on 8 units)")
     ap.add_argument("--ticks", type=int, default=24, help="overview refreshes to time")
+    ap.add_argument("--trials", type=int, default=1, help="Optuna trials per model for the champion models")
     ap.add_argument("--keep", type=Path, help="build the data here and keep it (default: a temporary folder)")
     args = ap.parse_args()
     from playwright.sync_api import sync_playwright
@@ -120,6 +124,10 @@ def main() -> None:
     span = (scenario.history_end - min(scenario.history_end, _first_batch_start(live))).days
     print(f"data: {args.batches} batches over {span} days of history + 30 h live, 8 units running; "
           f"built in {time.perf_counter() - t0:.0f} s -> {work}")
+    t0 = time.perf_counter()
+    versions = register_champions(scenario.data, args.trials)
+    print(f"models: trained on that history ({args.trials} Optuna trial(s) each) and registered as champion: "
+          f"{versions} in {time.perf_counter() - t0:.0f} s (the overview computes predicted-yield tiles)")
     feeder = Feeder(live)
     feeder.start()
     bare = work / "bare_app.py"
@@ -131,6 +139,7 @@ def main() -> None:
                                  "--server.fileWatcherType", "none"], stdout=subprocess.DEVNULL,
                                 stderr=subprocess.STDOUT)
     rows: list[tuple[str, float, float]] = []
+    load0 = os.getloadavg()
     try:
         wait_ready(panel_port, proc=panel)
         wait_ready(bare_port, proc=baseline)
@@ -147,10 +156,16 @@ def main() -> None:
             page.get_by_label("Password", exact=True).fill(ps.USERS["quinn"][2])
             t = time.perf_counter()
             page.get_by_role("button", name="Log in").click()
+            # the login itself (password check, session, menu) ends when the sidebar names the user; the same
+            # script run then renders the overview (the landing page): the two are timed apart
+            page.get_by_text("role qa").wait_for(timeout=60_000)
+            t_login = time.perf_counter()
             page.get_by_role("heading", name="Plant overview").wait_for(timeout=60_000)
             page.wait_for_selector(IDLE, timeout=60_000)
             page.wait_for_function(CHARTS_DRAWN, timeout=60_000)
-            rows.append(("Plant overview (after login)", time.perf_counter() - t, float("nan")))
+            t_done = time.perf_counter()
+            rows.append(("login (until the menu shows)", t_login - t, float("nan")))
+            rows.append(("Plant overview (landing, after login)", t_done - t_login, float("nan")))
             first = {link: navigate(page, link, heading) for link, heading in PAGES}
             warm = {link: navigate(page, link, heading) for link, heading in PAGES}
             rows += [(link, first[link], warm[link]) for link, _ in PAGES]
@@ -166,12 +181,13 @@ def main() -> None:
             proc.terminate()
             proc.wait(15)
     base = rows[0][2]
-    print(f"\n{'page':34s} {'first render':>13s} {'again':>8s} {'x baseline':>11s}  target")
+    print(f"\n{'page':38s} {'first render':>13s} {'again':>8s} {'x baseline':>11s}  target")
     for name, a, b in rows:
-        ratio = "" if name.startswith("baseline") else f"{a / base:10.1f}x"
-        ok = "" if name.startswith("baseline") else ("ok" if a < 2.0 else "MISSED")
+        ratio = "" if name.startswith(("baseline", "login")) else f"{a / base:10.1f}x"
+        ok = "" if name.startswith(("baseline", "login")) else ("ok" if a < 2.0 else "MISSED")
         again = "-" if b != b else f"{b:7.2f}s"
-        print(f"{name:34s} {a:12.2f}s {again:>8s} {ratio:>11s}  < 2 s {ok}")
+        target = "" if name.startswith(("baseline", "login")) else "< 2 s"
+        print(f"{name:38s} {a:12.2f}s {again:>8s} {ratio:>11s}  {target} {ok}")
     if ticks:
         med, p90 = statistics.median(ticks), sorted(ticks)[int(0.9 * (len(ticks) - 1))]
         print(f"\noverview live refresh (fragment rerun, {len(ticks)} ticks): median {med * 1000:.0f} ms, "
@@ -179,7 +195,23 @@ def main() -> None:
               f"{'ok' if med < 0.5 else 'MISSED'})")
     print(f"panel memory: {rss0:.0f} MB before the refresh ticks, {rss1:.0f} MB after; live plant advanced "
           f"{feeder.minutes} min meanwhile")
-    print(f"machine load (1/5/15 min): {' '.join(f'{x:.1f}' for x in os.getloadavg())} on {os.cpu_count()} CPUs")
+    print(f"machine load (1/5/15 min): {' '.join(f'{x:.1f}' for x in load0)} before the measurements, "
+          f"{' '.join(f'{x:.1f}' for x in os.getloadavg())} after, on {os.cpu_count()} CPUs")
+
+
+def register_champions(data: Path, trials: int) -> str:
+    """Train the yield and deviation models on the data folder, register them in its MLflow store (mlflow.db,
+    mlruns/) and make them champion directly (the gate's verdict on 18 batches is not what is measured here)."""
+    from models.config import load_config
+    from models.pipeline import train
+    from models.registry import Tracking, set_champion
+    from plant.site import load_demo_site
+
+    tracking = Tracking.for_data(data)
+    r = train(data, load_demo_site(), load_config(), tracking, trials)
+    for kind, version in r.versions.items():
+        set_champion(tracking, kind, str(version), {"promoted_by": "bench", "reason": "bench_panel scenario"})
+    return ", ".join(f"{k} v{v}" for k, v in r.versions.items())
 
 
 def _first_batch_start(live: ps.LivePlant):  # noqa: ANN202

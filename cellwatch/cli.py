@@ -191,18 +191,21 @@ def plant_live(speed: float, hours: float, seed: int, out: Path, site_path: str 
               help="Ingest /metrics and /health.")
 @click.option("--fault-scale", default=10.0, show_default=True, type=click.FloatRange(0),
               help="Multiplies the live twin's fault rates, so there is always something to see.")
-@click.option("--preroll-h", default=12.0, show_default=True, type=click.FloatRange(0),
-              help="Hours of the plant's past run (and stored) before it goes live, so every unit has a batch.")
+@click.option("--preroll-h", default=30.0, show_default=True, type=click.FloatRange(0),
+              help="Hours of the plant's past run (and stored) before it goes live, so every unit has a batch "
+                   "(and most are past day 1, where setpoint advice starts).")
 @click.option("--alarms-every", default=60.0, show_default=True, type=click.FloatRange(0),
               help="Seconds between alarm-engine runs over the new telemetry (0 = never).")
+@click.option("--recommend-every", default=2.0, show_default=True, type=click.FloatRange(0),
+              help="Minutes between the setpoint recommender's passes over the running batches (0 = never).")
 def demo(data: Path, batches: int, seed: int, trials: int, panel_port: int, mlflow_port: int, ingest_port: int,
-         fault_scale: float, preroll_h: float, alarms_every: float) -> None:
+         fault_scale: float, preroll_h: float, alarms_every: float, recommend_every: float) -> None:
     """The demo plant end to end: history, models and users on first run, then the live twin's OPC UA and
     Modbus servers, ingest, the panel and the MLflow UI until Ctrl-C. A second run reuses what exists."""
     from cellwatch.demo import DemoConfig, run
 
     run(DemoConfig(data, batches, seed, trials, panel_port, mlflow_port, ingest_port, fault_scale, preroll_h,
-                   alarms_every))
+                   alarms_every, recommend_every))
 
 
 # -- command groups of other modules: one import + cli.add_command(...) line each, below this marker --
@@ -220,6 +223,7 @@ from cellwatch.models_cli import models_group; cli.add_command(models_group)  # 
 from cellwatch.models_cli import import_cmd; cli.add_command(import_cmd)  # noqa: E402
 from cellwatch.models_cli import export_cmd; cli.add_command(export_cmd)  # noqa: E402
 from cellwatch.validate_cli import validate_recommender; cli.add_command(validate_recommender)  # noqa: E402
+from cellwatch.recommend_cli import recommend_group; cli.add_command(recommend_group)  # noqa: E402
 
 
 _EXPECTED = (SiteError, HistorianError, OSError, ValueError, KeyError)

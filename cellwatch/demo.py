@@ -6,6 +6,7 @@ Layout of the demo folder (default data/demo):
     mlflow.db mlruns/ the MLflow store (runs, registered models) the panel and the MLflow UI open
     plant/            the live plant: records.db (users, audit trail, alarms, the twin's batch records),
                       historian/ (ingest), spool/
+    recommender/      the setpoint recommender's models (trained on history/ on first run)
     pki/ secrets.toml the OPC UA certificates and the servers' user passwords (generated on first run)
     demo-users.txt    the demo users' passwords (owner-only)
     logs/             one log per service
@@ -15,6 +16,7 @@ Every step is skipped when its result exists, so a second run starts the service
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import secrets
@@ -57,8 +59,11 @@ class DemoConfig:
     mlflow_port: int = 5000
     ingest_port: int = 9108
     fault_scale: float = 10.0
-    preroll_h: float = 12.0
+    # 30 h: the twin starts its units 90 min apart, so at go-live five of the eight batches are past culture hour 24,
+    # where the recommender's advisory window opens (and the other three reach it within 4.5 h)
+    preroll_h: float = 30.0
     alarms_every_s: float = 60.0
+    recommend_every_min: float = 2.0
     wait_s: float = 300.0
 
     @property
@@ -79,6 +84,10 @@ class DemoConfig:
     @property
     def logs(self) -> Path:
         return self.data / "logs"
+
+    @property
+    def recommender(self) -> Path:
+        return self.data / "recommender"
 
 
 @dataclass(frozen=True, slots=True)
@@ -229,6 +238,36 @@ def ensure_models(cfg: DemoConfig) -> None:
                        "and a data scientist can retrain and promote on the Models page", err=True)
 
 
+def ensure_recommender(cfg: DemoConfig) -> bool:
+    """Train the setpoint recommender on the history once (saved in data/recommender/); True when there is one."""
+    if (cfg.recommender / "version.json").exists():
+        version = json.loads((cfg.recommender / "version.json").read_text()).get("version", "?")
+        click.echo(f"reusing the setpoint recommender {version}")
+        return True
+    refused = cfg.data / "recommender.refused"
+    if refused.exists():
+        click.echo(f"no setpoint recommender: {refused.read_text().strip()} (remove {refused} to try again)")
+        return False
+    click.echo(f"first run: training the setpoint recommender (log: {cfg.logs / 'recommend-train.log'}) ...")
+    tmp = cfg.data / "recommender.partial"
+    shutil.rmtree(tmp, ignore_errors=True)
+    t0 = time.monotonic()
+    done = _run_step("recommend-train", _cellwatch("recommend", "train", "--history", str(cfg.history), "--out",
+                                                   str(tmp)), cfg.logs)
+    if done.returncode != 0:
+        why = next((line for line in reversed(done.stdout.splitlines()) if line.startswith(("error", "Error"))),
+                   f"exit {done.returncode}")
+        click.echo(f"  the recommender could not be trained ({why}); the demo runs without setpoint advice "
+                   f"(see {cfg.logs / 'recommend-train.log'})", err=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+        refused.write_text(f"training refused on this history ({why})\n")
+        return False
+    tmp.rename(cfg.recommender)
+    version = json.loads((cfg.recommender / "version.json").read_text()).get("version", "?")
+    click.echo(f"  {version} trained in {time.monotonic() - t0:.0f} s")
+    return True
+
+
 def ensure_users(records_db: Path, credentials: Path) -> tuple[list[tuple[str, str, str]], bool]:
     """Create the demo users once (random passwords, kept owner-only); ((user, role, password), created)."""
     from plant.audit import AuditTrail
@@ -303,12 +342,17 @@ def site_for_demo(data: Path, taken: set[int]) -> tuple[Path | None, list[str]]:
 # ------------------------------------------------------------------------------------------ services
 
 def services(cfg: DemoConfig, site: Path | None, panel_port: int, mlflow_port: int,
-             ingest_port: int) -> list[Service]:
-    """The long-running processes of the demo: `cellwatch` commands and the MLflow UI."""
+             ingest_port: int, recommend: bool = False) -> list[Service]:
+    """The long-running processes of the demo: `cellwatch` commands and the MLflow UI (and the recommender over
+    the running batches when it could be trained)."""
     d = cfg.data
     common = ["--pki", str(d / "pki"), "--secrets", str(d / "secrets.toml"), *(["--site", str(site)] if site else [])]
     mlflow_url = f"http://{HOST}:{mlflow_port}/"
-    return [
+    advice = [Service("recommend", _cellwatch("recommend", "run", "--data", str(cfg.plant), "--models",
+                                              str(cfg.recommender), *(["--site", str(site)] if site else []),
+                                              "--every-min", f"{cfg.recommend_every_min:g}"), None, None)
+              ] if recommend and cfg.recommend_every_min > 0 else []
+    return advice + [
         Service("plant", _cellwatch("plant", "serve", *common, "--seed", str(cfg.seed), "--speed", "1",
                                     "--preroll-h", f"{cfg.preroll_h:g}", "--fault-scale", f"{cfg.fault_scale:g}",
                                     "--records", str(cfg.plant / "records.db"),
@@ -396,6 +440,7 @@ def run(cfg: DemoConfig) -> None:
     cfg.data.mkdir(parents=True, exist_ok=True)
     ensure_history(cfg)
     ensure_models(cfg)
+    recommend = ensure_recommender(cfg)
     users, created = ensure_users(cfg.plant / "records.db", cfg.data / CREDENTIALS)
     click.echo(("created" if created else "reusing") + f" the demo users ({cfg.data / CREDENTIALS})")
 
@@ -404,7 +449,7 @@ def run(cfg: DemoConfig) -> None:
     mlflow_port = free_port(cfg.mlflow_port, taken)
     ingest_port = free_port(cfg.ingest_port, taken)
     site, plant_urls = site_for_demo(cfg.data, taken)
-    wanted = services(cfg, site, panel_port, mlflow_port, ingest_port)
+    wanted = services(cfg, site, panel_port, mlflow_port, ingest_port, recommend)
     by_name = {s.name: s for s in wanted}
 
     sup = Supervisor(cfg.logs)
@@ -422,6 +467,8 @@ def run(cfg: DemoConfig) -> None:
         deadline = time.monotonic() + cfg.wait_s
         _wait_plant(sup, cfg, deadline)
         sup.start(by_name["ingest"])
+        if "recommend" in by_name:  # advice from the first minute: the preroll's telemetry and records are stored
+            sup.start(by_name["recommend"])
         for name in ("panel", "mlflow", "ingest"):
             sup.wait_ready(by_name[name], deadline)
         if not sup.stop:
@@ -467,6 +514,10 @@ def _banner(cfg: DemoConfig, by_name: dict[str, Service], plant_urls: list[str],
     modbus = (f"{HOST}:{ports[0]}-{ports[-1]}" if ports == list(range(ports[0], ports[-1] + 1))
               else ", ".join(f"{HOST}:{p}" for p in ports)) if ports else "none"
     click.echo(f"  plant      {plant_urls[0]}; Modbus TCP {modbus} ({len(ports)} devices)")
+    if "recommend" in by_name:
+        click.echo(f"  advice     the setpoint recommender runs over the running batches every "
+                   f"{cfg.recommend_every_min:g} min (log: {cfg.logs / 'recommend.log'}); pending advice is on "
+                   "the panel's Recommendations page")
     click.echo(f"users (passwords also in {cfg.data / CREDENTIALS}):")
     for u, r, p in users:
         click.echo(f"  {u:10s} {r:15s} {p}")

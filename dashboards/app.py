@@ -6,6 +6,10 @@ from dashboards import ui
 
 st.set_page_config(page_title="cellwatch", page_icon=":material/biotech:", layout="wide")
 ui.open_or_stop()
+if ui.plant().mlflow_db.exists():  # the champion models load while the user logs in
+    from dashboards import views
+
+    views.warm_models(ui.data_key())
 
 # Every page's URL is registered in both states, so a link opened before logging in shows the login form
 # and then the page itself; the menu is drawn here, listing only the pages of the user's role.

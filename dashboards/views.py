@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from datetime import datetime
 
 import polars as pl
@@ -57,32 +59,114 @@ def room_grid(rooms: list[q.RoomView]) -> charts.Spec:
                  "Rooms: particles (Annex 1), pressure, climate")
 
 
-@st.cache_resource(ttl=60, max_entries=4, show_spinner=False)
+MODEL_RECHECK_S = 60.0  # the champion is looked up again this often, so a promotion shows up without a restart
+_MODELS: dict[str, tuple[float, predictions.Predictor | predictions.Unavailable]] = {}
+_MODELS_LOCK = threading.Lock()
+
+
 def predictor(data: str) -> predictions.Predictor | predictions.Unavailable:
-    """The champion models (re-checked every minute, so a promotion shows up without a restart)."""
-    return predictions.load(ui._plant(data))
+    """The champion models, loaded once per process and data folder (re-checked every minute). A plain cache
+    rather than st.cache_resource: the overview's forecast worker asks for it outside any page run."""
+    with _MODELS_LOCK:  # one load at a time: a page asking meanwhile waits for it instead of loading twice
+        hit = _MODELS.get(data)
+        if hit is not None and time.monotonic() - hit[0] < MODEL_RECHECK_S:
+            return hit[1]
+        model = predictions.load(ui._plant(data))
+        if hit is not None and isinstance(model, predictions.ChampionPredictor) \
+                and isinstance(hit[1], predictions.ChampionPredictor) and hit[1].version == model.version:
+            model = hit[1]  # the same versions: keep the loaded object (and what it has computed)
+        if len(_MODELS) >= 4 and data not in _MODELS:
+            _MODELS.pop(next(iter(_MODELS)))
+        _MODELS[data] = (time.monotonic(), model)
+        return model
+
+
+PENDING = predictions.Unavailable("computing")  # the tile's prediction is being computed (shown at the next refresh)
+
+
+class ForecastBoard:
+    """Predicted harvests of the running batches, computed off the page run.
+
+    A refresh tick shows the newest finished forecasts and, when the data has moved into a new 10-minute bucket
+    (or the running batches or the model changed), asks a worker thread for new ones: no tick waits for a model
+    (eight forecasts take about half a second, loading the models from MLflow several seconds). The board holds
+    only the batches last asked for, so it does not grow."""
+
+    def __init__(self, data: str) -> None:
+        self.data = data
+        self.lock = threading.Lock()
+        self.key: tuple[datetime, tuple[str, ...]] | None = None  # what `values` answers
+        self.values: dict[str, Forecast] = {}
+        self.wanted: tuple[datetime, tuple[str, ...]] | None = None
+        self.worker: threading.Thread | None = None
+
+    def get(self, batch_ids: list[str], at: datetime) -> dict[str, Forecast]:
+        want = (at, tuple(sorted(batch_ids)))
+        with self.lock:
+            self.wanted = want
+            if self.key != want and (self.worker is None or not self.worker.is_alive()):
+                self.worker = threading.Thread(target=self._work, name="cellwatch-forecasts", daemon=True)
+                self.worker.start()
+            return {b: self.values.get(b, PENDING) for b in batch_ids}
+
+    def wait(self, timeout: float) -> bool:
+        """Until the worker is done (tests); True when it finished."""
+        w = self.worker
+        if w is not None:
+            w.join(timeout)
+        return w is None or not w.is_alive()
+
+    def _work(self) -> None:
+        while True:
+            with self.lock:
+                want = self.wanted
+            if want is None:
+                return
+            at, ids = want
+            model = predictor(self.data)
+            try:
+                if isinstance(model, predictions.Unavailable):
+                    got: dict[str, Forecast] = {b: model for b in ids}
+                elif hasattr(model, "harvests"):
+                    got = model.harvests(list(ids), at)
+                else:
+                    got = {b: model.harvest(b, at) for b in ids}
+            except Exception as exc:  # noqa: BLE001 - a failing model shows as unavailable, the panel goes on
+                predictions.log.exception("harvest forecasts failed")
+                got = {b: predictions.Unavailable(f"The model failed ({type(exc).__name__})") for b in ids}
+            with self.lock:
+                self.values, self.key = got, want
+                if self.wanted == want:
+                    return
+
+
+@st.cache_resource(max_entries=4, show_spinner=False)
+def forecast_board(data: str) -> ForecastBoard:
+    return ForecastBoard(data)
+
+
+@st.cache_resource(max_entries=4, show_spinner=False)
+def warm_models(data: str) -> threading.Thread:
+    """Load the champion models in the background once per process, from the first page run (the login form):
+    importing MLflow and loading the models takes seconds, which no page should wait for after the login."""
+    t = threading.Thread(target=predictor, args=(data,), name="cellwatch-warm-models", daemon=True)
+    t.start()
+    return t
 
 
 def harvest_forecasts(units: list[q.UnitView], now: datetime) -> dict[str, Forecast]:
-    """Predicted harvest per running batch, or why there is none."""
-    model = predictor(ui.data_key())
-    if isinstance(model, predictions.Unavailable):
-        return {u.batch_id: model for u in units if u.batch_id}
-    at = model_time(now)
-    return {u.batch_id: _harvest(ui.data_key(), u.batch_id, at) for u in units if u.batch_id}
+    """Predicted harvest per running batch, or why there is none (PENDING while it is being computed)."""
+    ids = [u.batch_id for u in units if u.batch_id]
+    if not ids:
+        return {}
+    if not predictions.store_exists(ui._plant(ui.data_key())):  # no store: say so at once, no worker needed
+        return {b: predictions.NO_MODEL for b in ids}
+    return forecast_board(ui.data_key()).get(ids, model_time(now))
 
 
 def model_time(now: datetime, every_min: int = 10) -> datetime:
     """`now` rounded down to `every_min` minutes: predictions are recomputed that often, not at every tick."""
     return now.replace(minute=now.minute - now.minute % every_min, second=0, microsecond=0)
-
-
-@st.cache_data(ttl=600, max_entries=64, show_spinner=False)
-def _harvest(data: str, batch_id: str, at: datetime) -> Forecast:
-    model = predictor(data)
-    if isinstance(model, predictions.Unavailable):
-        return model
-    return model.harvest(batch_id, at)
 
 
 @st.cache_data(ttl=600, max_entries=32, show_spinner="Asking the model for the batch's trajectory ...")
@@ -109,9 +193,11 @@ def unit_card(u: q.UnitView, forecast: object) -> str:
         if isinstance(forecast, predictions.Harvest):
             lines.append(f"Predicted harvest **{fmt(forecast.mid)}** ({fmt(forecast.low)}-{fmt(forecast.high)}) "
                          f"{forecast.what}" + ("" if forecast.applicable else " :orange-badge[outside training data]"))
+        elif forecast is PENDING:
+            lines.append(":gray[Predicted harvest: computing, shown at the next refresh]")
         if u.harvest_due is not None:
             lines.append(f":gray[Harvest due {u.harvest_due:%Y-%m-%d %H:%M} UTC"
-                         + ("]" if isinstance(forecast, predictions.Harvest)
+                         + ("]" if isinstance(forecast, predictions.Harvest) or forecast is PENDING
                             else f" · no yield prediction ({_no_prediction(forecast)})]"))
     else:
         lines.append(f"**{u.phase}**" + (" - telemetry without an open batch record" if u.phase == "running" else ""))

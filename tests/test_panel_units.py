@@ -187,3 +187,27 @@ def test_no_store_means_no_model_and_nothing_is_created(panel_plant, tmp_path):
     plant = replace(panel_plant, mlflow_db=tmp_path / "mlflow.db")
     assert predictions.load(plant) is predictions.NO_MODEL
     assert not plant.mlflow_db.exists()
+
+
+def test_overview_forecasts_are_computed_off_the_tick_and_follow_the_data_bucket(monkeypatch, panel_plant,
+                                                                                 panel_scenario):
+    from dashboards import views
+
+    fake = _FakeBatchPredictor()
+    model = predictions.ChampionPredictor(panel_plant, fake)
+    monkeypatch.setattr(views, "predictor", lambda data: model)
+    board = views.ForecastBoard("key")
+    ids = sorted(panel_scenario.running.values())
+    at = views.model_time(panel_scenario.now)
+    first = board.get(ids, at)
+    assert all(first[b] is views.PENDING for b in ids)  # the tick does not wait for the model
+    assert board.wait(30)
+    got = board.get(ids, at)
+    assert all(isinstance(got[b], predictions.Harvest) for b in ids)
+    n = len(fake.calls)
+    assert board.get(ids, at) == got and len(fake.calls) == n  # the same bucket: nothing recomputed
+    later = board.get(ids, at + timedelta(minutes=10))
+    assert later == got  # a new bucket: the last forecasts stay shown while the new ones are computed
+    assert board.wait(30) and len(fake.calls) > n
+    assert set(board.get(ids[:1], at + timedelta(minutes=10))) == {ids[0]}
+    assert board.wait(30) and set(board.values) == {ids[0]}  # only the batches last asked for are kept
