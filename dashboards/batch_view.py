@@ -73,8 +73,18 @@ def offline(data: str, b: BatchRecord, source: str) -> None:
 
 
 def model_outputs(b: BatchRecord, now: datetime | None) -> None:
-    """Predicted yield with its interval, deviation risk over time and the top drivers now."""
-    model = views.predictor(ui.data_key())
+    """Predicted yield with its interval, deviation risk over time and the top drivers now (while the models are
+    still loading in the background, a note that reruns the page once they are there)."""
+    model = views.loaded_predictor(ui.data_key())
+    if model is None:
+        @st.fragment(run_every=2.0)
+        def wait() -> None:
+            if views.loaded_predictor(ui.data_key()) is not None:
+                st.rerun(scope="app")
+            st.info("The champion models are loading; the predictions show here once they are ready.",
+                    icon=":material/hourglass_top:")
+        wait()
+        return
     if isinstance(model, predictions.Unavailable):
         st.info(model.why)
         return

@@ -77,16 +77,22 @@ def trend_chart(data: pl.DataFrame, tag: Tag, setpoint: pl.DataFrame | None = No
 
 def stack(panels: list[Spec]) -> Spec:
     """Charts one above the other on one time axis (one view: cheaper to draw than separate charts, and an
-    event lines up across tags)."""
-    return {"vconcat": [{**p, "width": "container"} for p in panels], "resolve": {"scale": {"color": "independent"}}}
+    event lines up across tags). Named datasets of the panels move to the top level (the only place for them)."""
+    datasets = {k: v for p in panels for k, v in p.get("datasets", {}).items()}
+    spec: Spec = {"vconcat": [{**{k: v for k, v in p.items() if k != "datasets"}, "width": "container"}
+                              for p in panels], "resolve": {"scale": {"color": "independent"}}}
+    return {"datasets": datasets, **spec} if datasets else spec
 
 
-def status_grid(rows: pl.DataFrame, title: str, colours: dict[str, str]) -> Spec:
-    """Values as coloured cells, owner by tag (columns owner, tag, status, value as text)."""
+def status_grid(rows: pl.DataFrame, title: str, colours: dict[str, str], name: str = "grid") -> Spec:
+    """Values as coloured cells, owner by tag (columns owner, tag, status, value as text).
+
+    The cells are a named dataset (`name`): Streamlit sends it apart from the spec, so a live tile whose values
+    change but whose owners and tags do not keeps its drawn view and only swaps the data (no re-embed)."""
     owners, tags = list(dict.fromkeys(rows["owner"])), list(dict.fromkeys(rows["tag"]))
     colour = _n("status", scale={"domain": list(colours), "range": list(colours.values())},
                 legend={"orient": "bottom", "title": None})
-    return {"title": title, "data": {"values": values(rows)}, "height": {"step": 24},
+    return {"title": title, "datasets": {name: values(rows)}, "data": {"name": name}, "height": {"step": 24},
             "encoding": {"x": _n("tag", sort=tags, title=None, axis={"orient": "top", "labelAngle": 0}),
                          "y": _n("owner", sort=owners, title=None)},
             "layer": [{"mark": {"type": "rect", "stroke": "white", "strokeWidth": 2},

@@ -41,22 +41,22 @@ def _grid_rows(owner: str, readings: tuple[q.Reading, ...]) -> list[tuple[str, s
     return [(owner, r.short, r.status, f"{fmt(r.value)}") for r in readings]
 
 
-def _grid(rows: list[tuple[str, str, str, str]], title: str) -> charts.Spec:
+def _grid(rows: list[tuple[str, str, str, str]], title: str, name: str) -> charts.Spec:
     frame = pl.DataFrame(rows, schema={"owner": pl.String(), "tag": pl.String(), "status": pl.String(),
                                        "value": pl.String()}, orient="row")
-    return charts.status_grid(frame, title, STATUS_COLOURS)
+    return charts.status_grid(frame, title, STATUS_COLOURS, name)
 
 
 def unit_grid(units: list[q.UnitView]) -> charts.Spec:
     """Every unit's key values as coloured cells: green inside limits, amber alert, red action, grey stale."""
     return _grid([row for u in units for row in _grid_rows(u.unit, u.readings)],
-                 "Bioreactors: key values against alert/action limits")
+                 "Bioreactors: key values against alert/action limits", "units")
 
 
 def room_grid(rooms: list[q.RoomView]) -> charts.Spec:
     """Every room's readings as coloured cells (particles against the grade's Annex 1 limits)."""
     return _grid([row for r in rooms for row in _grid_rows(f"{r.room} ({r.grade})", r.readings)],
-                 "Rooms: particles (Annex 1), pressure, climate")
+                 "Rooms: particles (Annex 1), pressure, climate", "rooms")
 
 
 MODEL_RECHECK_S = 60.0  # the champion is looked up again this often, so a promotion shows up without a restart
@@ -79,6 +79,15 @@ def predictor(data: str) -> predictions.Predictor | predictions.Unavailable:
             _MODELS.pop(next(iter(_MODELS)))
         _MODELS[data] = (time.monotonic(), model)
         return model
+
+
+def loaded_predictor(data: str) -> predictions.Predictor | predictions.Unavailable | None:
+    """The champion models without waiting for a load another thread is doing (None meanwhile): a page shows
+    what it can and the predictions once they are there."""
+    if not _MODELS_LOCK.acquire(blocking=False):
+        return None
+    _MODELS_LOCK.release()
+    return predictor(data)
 
 
 PENDING = predictions.Unavailable("computing")  # the tile's prediction is being computed (shown at the next refresh)

@@ -114,6 +114,18 @@ def test_every_chart_is_a_valid_vega_lite_spec():
     _valid(charts.psi_chart(table, ["rocking_bag"]))
 
 
+def test_live_grids_send_their_cells_as_named_datasets():
+    """The overview's grids keep one spec while their values change (the browser swaps data, no re-embed)."""
+    def grid(value: str) -> dict:
+        cells = pl.DataFrame({"owner": ["BR01"], "tag": ["TEMP"], "status": ["ok"], "value": [value]})
+        return charts.stack([charts.status_grid(cells, "units", {"ok": "#0a0"}, "units"),
+                             charts.status_grid(cells, "rooms", {"ok": "#0a0"}, "rooms")])
+    a, b = grid("37"), grid("37.1")
+    _valid(a)
+    assert set(a["datasets"]) == {"units", "rooms"} and a["datasets"] != b["datasets"]
+    assert {k: v for k, v in a.items() if k != "datasets"} == {k: v for k, v in b.items() if k != "datasets"}
+
+
 def test_values_are_json_safe():
     rows = charts.values(_series(10))
     assert rows[0]["ts"] == "2025-03-03T08:00:00Z" and rows[7]["value"] is None
