@@ -23,6 +23,8 @@ from pathlib import Path
 
 import click
 
+from cellwatch.auth_cli import parse_ts
+
 UTC = timezone.utc
 _site_opt = click.option("--site", "site_path", type=click.Path(dir_okay=False),
                          help="Site file (default: the demo site).")
@@ -32,16 +34,6 @@ def _site(path: str | None):
     from plant.site import load_demo_site, load_site
 
     return load_demo_site() if path is None else load_site(path)
-
-
-def _parse_at(value: str | None) -> datetime | None:
-    if value is None:
-        return None
-    try:
-        dt = datetime.fromisoformat(value)
-    except ValueError:
-        raise click.BadParameter(f"not an ISO date/time: {value!r} (e.g. 2025-01-06T08:00)") from None
-    return dt.replace(tzinfo=UTC) if dt.tzinfo is None else dt.astimezone(UTC)
 
 
 @click.group("recommend")
@@ -208,7 +200,7 @@ def recommend_run(data: Path, models_dir: Path, site_path: str | None, every_min
 
     if not (data / "records.db").exists():
         raise click.ClickException(f"{data}: no records.db here")
-    at = _parse_at(at_opt)
+    at = parse_ts(at_opt, "--at")
     models = load_models(models_dir)
     recommender = Recommender(_site(site_path), models)
     click.echo(f"recommender {models.version} over the running batches of {data}"
