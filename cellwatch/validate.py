@@ -251,11 +251,14 @@ def log_to_mlflow(report: ValidationReport, tracking_db: Path, artifacts: Path, 
     """Log the report as an MLflow run tagged with the model version it validated; returns the run id."""
     import mlflow  # lazy: 3 s to import
 
-    mlflow.set_tracking_uri(f"sqlite:///{tracking_db.resolve()}")
+    from models.registry import mlflow_env_kept
+
     name = "cellwatch-recommender-validation"
-    if mlflow.get_experiment_by_name(name) is None:
-        mlflow.create_experiment(name, artifact_location=artifacts.resolve().as_uri())
-    mlflow.set_experiment(name)
+    with mlflow_env_kept():
+        mlflow.set_tracking_uri(f"sqlite:///{tracking_db.resolve()}")
+        if mlflow.get_experiment_by_name(name) is None:
+            mlflow.create_experiment(name, artifact_location=artifacts.resolve().as_uri())
+        mlflow.set_experiment(name)
     with mlflow.start_run(run_name=f"{report.model_version} n={report.n_pairs} seed={report.seed}") as run:
         mlflow.set_tags({"model_version": report.model_version, "kind": "closed-loop validation"})
         mlflow.log_params({"n_pairs": report.n_pairs, "seed": report.seed, "cadence_h": report.cadence_h,

@@ -11,6 +11,8 @@ import os
 import subprocess
 import tempfile
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
@@ -62,6 +64,24 @@ class LoadedModels:
     tags: dict[str, dict[str, str]]
 
 
+@contextmanager
+def mlflow_env_kept() -> Iterator[None]:
+    """Undo the MLFLOW_TRACKING_URI / MLFLOW_EXPERIMENT_ID that mlflow.set_tracking_uri/set_experiment export.
+
+    Tracking.uri reads that variable as "set from outside"; left in place, every later store of the process
+    would silently resolve to the first one.
+    """
+    saved = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_ID")}
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
 def setup(tracking: Tracking) -> Any:
     """Point MLflow at the store (creating it and the experiment) and return the mlflow module."""
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no progress bars in logs
@@ -69,13 +89,14 @@ def setup(tracking: Tracking) -> Any:
 
     tracking.db.parent.mkdir(parents=True, exist_ok=True)
     tracking.artifacts.mkdir(parents=True, exist_ok=True)
-    mlflow.set_tracking_uri(tracking.uri)
-    if os.environ.get("MLFLOW_RUN_ID"):  # inside `mlflow run`: the run and its experiment exist already
+    with mlflow_env_kept():
+        mlflow.set_tracking_uri(tracking.uri)
+        if os.environ.get("MLFLOW_RUN_ID"):  # inside `mlflow run`: the run and its experiment exist already
+            return mlflow
+        if mlflow.get_experiment_by_name(EXPERIMENT) is None:
+            mlflow.create_experiment(EXPERIMENT, artifact_location=tracking.artifacts.resolve().as_uri())
+        mlflow.set_experiment(EXPERIMENT)
         return mlflow
-    if mlflow.get_experiment_by_name(EXPERIMENT) is None:
-        mlflow.create_experiment(EXPERIMENT, artifact_location=tracking.artifacts.resolve().as_uri())
-    mlflow.set_experiment(EXPERIMENT)
-    return mlflow
 
 
 def client(tracking: Tracking) -> Any:

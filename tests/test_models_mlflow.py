@@ -73,3 +73,21 @@ def test_mlflow_ui_serves_the_registered_models_and_their_aliases(trained):
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=30)
+
+
+def test_a_second_store_in_one_process_is_not_redirected_to_the_first(tmp_path, monkeypatch):
+    # mlflow.set_tracking_uri exports MLFLOW_TRACKING_URI; Tracking.uri must not mistake that for a user's choice.
+    from models.registry import Tracking, setup
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("MLFLOW_EXPERIMENT_ID", raising=False)
+    a = Tracking(tmp_path / "a" / "mlflow.db", tmp_path / "a" / "mlruns")
+    b = Tracking(tmp_path / "b" / "mlflow.db", tmp_path / "b" / "mlruns")
+    setup(a)
+    assert "MLFLOW_TRACKING_URI" not in os.environ and "MLFLOW_EXPERIMENT_ID" not in os.environ
+    mlflow = setup(b)
+    assert mlflow.get_tracking_uri() == b.uri == f"sqlite:///{b.db.resolve()}"
+    with mlflow.start_run() as run:
+        mlflow.log_metric("x", 1.0)
+    assert b.db.exists()
+    assert client(b).get_run(run.info.run_id).data.metrics == {"x": 1.0}
