@@ -22,7 +22,7 @@ from plant.audit import AuditTrail
 from plant.deviations import CLASSIFICATIONS, STATES, Deviations
 from plant.historian import Historian
 from plant.records import Records
-from plant.site import load_demo_site, load_site
+from plant.site import load_site_or_demo
 from plant.users import Users
 
 UTC = timezone.utc
@@ -44,7 +44,7 @@ class _Store:
 def _store(data: Path, site_path: str | None) -> Iterator[_Store]:
     if not (data / "records.db").exists():
         raise click.ClickException(f"{data}: no records.db here; run `cellwatch simulate --out {data}` first")
-    site = load_demo_site() if site_path is None else load_site(site_path)
+    site = load_site_or_demo(site_path)
     records = Records.open(data / "records.db")
     try:
         audit = AuditTrail(records)

@@ -14,17 +14,13 @@ import click
 from cellwatch import summary
 from plant.historian import Historian, HistorianError
 from plant.records import Records
-from plant.site import SiteError, load_demo_site, load_site
+from plant.site import SiteError, load_site_or_demo
 
 DEFAULT_DATA = Path("data")
 
 
 class UserError(click.ClickException):
     """An error the user can fix; shown as one line."""
-
-
-def _site(path: str | None):
-    return load_demo_site() if path is None else load_site(path)
 
 
 def _parse_start(value: str | None) -> datetime | None:
@@ -89,7 +85,7 @@ def simulate(batches: int, seed: int, out: Path, site_path: str | None, start: s
     """Generate plant history with the digital twin (fast mode): telemetry, batch records, fault labels."""
     from plant.sim.history import DEFAULT_START, generate_history
 
-    site = _site(site_path)
+    site = load_site_or_demo(site_path)
     injections = [_parse_injection(s) for s in inject]
     _fresh_out(out, overwrite)
     t0 = time.perf_counter()
@@ -123,7 +119,7 @@ def site() -> None:
 @click.argument("path", required=False, type=click.Path(dir_okay=False))
 def site_check(path: str | None) -> None:
     """Validate a site file (default: the demo site) and list what it declares."""
-    s = _site(path)
+    s = load_site_or_demo(path)
     click.echo(f"{s.source}: OK - {len(s.areas)} areas, {len(s.rooms)} rooms, {len(s.units)} units, "
                f"{len(s.tags)} tags, {len(s.endpoints)} endpoints, {len(s.recipes)} recipes")
 
@@ -149,7 +145,7 @@ def plant_live(speed: float, hours: float, seed: int, out: Path, site_path: str 
     from plant.sim.live import LiveTwin
     from plant.sim.live_records import LiveRecorder
 
-    site_obj = _site(site_path)
+    site_obj = load_site_or_demo(site_path)
     t0 = _parse_start(start) or datetime.now(timezone.utc).replace(second=0, microsecond=0)
     twin = LiveTwin(site_obj, seed, t0)
     hist = Historian(out / "historian")

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from plant.site import Site, load_demo_site, load_site
+from plant.site import load_site_or_demo
 
 _site_opt = click.option("--site", "site_path", type=click.Path(dir_okay=False),
                          help="Site file (default: the demo site).")
@@ -21,10 +21,6 @@ _secrets_opt = click.option("--secrets", default=Path("secrets.toml"), show_defa
                             type=click.Path(path_type=Path, dir_okay=False), help="Secrets file (owner-only).")
 _log_opt = click.option("--log-level", default="INFO", show_default=True,
                         type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False))
-
-
-def _load(path: str | None) -> Site:
-    return load_demo_site() if path is None else load_site(path)
 
 
 def _logging(level: str) -> None:
@@ -72,7 +68,7 @@ def plant_serve(site_path: str | None, pki: Path, secrets: Path, seed: int, spee
     from plant.sim.serve import PlantServers
 
     _logging(log_level)
-    site = _load(site_path)
+    site = load_site_or_demo(site_path)
     opc_ids = [e.id for e in site.endpoints.values() if e.protocol == "opcua"]
     if unknown := set(endpoints) - set(opc_ids):
         raise click.UsageError(f"--endpoint: no OPC UA endpoint(s) {sorted(unknown)} in {site.source}; "
@@ -168,7 +164,7 @@ def ingest(site_path: str | None, pki: Path, secrets: Path, data: Path, metrics_
     from plant.records import Records
 
     _logging(log_level)
-    site = _load(site_path)
+    site = load_site_or_demo(site_path)
     records = Records.open(data / "records.db")
     service = IngestService(site, Historian(data / "historian"), data / "spool", records, pki,
                             secrets if secrets.exists() else None,

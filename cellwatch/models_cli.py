@@ -11,7 +11,7 @@ from pathlib import Path
 
 import click
 
-from plant.site import Site, load_demo_site, load_site
+from plant.site import load_site_or_demo
 
 DATA = Path("data") / "history"
 _data = click.option("--data", "-d", default=DATA, show_default=True, type=click.Path(path_type=Path, file_okay=False),
@@ -21,10 +21,6 @@ _config = click.option("--config", "config_path", type=click.Path(dir_okay=False
                        help="Model config TOML (acceptance criteria, horizons; default: built-in).")
 _mlflow = click.option("--mlflow-db", type=click.Path(path_type=Path, dir_okay=False),
                        help="MLflow sqlite store (default: DATA/mlflow.db, artifacts in DATA/mlruns/).")
-
-
-def _site_obj(path: str | None) -> Site:
-    return load_demo_site() if path is None else load_site(path)
 
 
 def _tracking(data: Path, mlflow_db: Path | None):  # noqa: ANN202
@@ -70,7 +66,7 @@ def train_cmd(data: Path, site_path: str | None, config_path: str | None, mlflow
     from models.pipeline import train
 
     t0 = time.perf_counter()
-    r = train(data, _site_obj(site_path), _cfg(config_path), None if no_track else _tracking(data, mlflow_db),
+    r = train(data, load_site_or_demo(site_path), _cfg(config_path), None if no_track else _tracking(data, mlflow_db),
               trials, storage, study, report_dir)
     click.echo(f"trained on {data} in {time.perf_counter() - t0:.1f} s; data fingerprint {r.fingerprint[:16]}")
     if r.versions:
@@ -90,7 +86,7 @@ def evaluate_cmd(data: Path, site_path: str | None, config_path: str | None, mlf
     """Evaluate registered models and the PLS/PCA/limit-alarm baselines on the locked hold-out; log the report."""
     from models.pipeline import evaluate
 
-    r = evaluate(data, _site_obj(site_path), _cfg(config_path), _tracking(data, mlflow_db), alias, report_dir)
+    r = evaluate(data, load_site_or_demo(site_path), _cfg(config_path), _tracking(data, mlflow_db), alias, report_dir)
     click.echo(f"evaluated {alias}: " + ", ".join(f"{k} v{v}" for k, v in r.versions.items()))
     _print_run(r)
 
@@ -114,7 +110,7 @@ def tune_cmd(data: Path, site_path: str | None, config_path: str | None, model: 
 
     cfg = _cfg(config_path)
     with Records.open(data / "records.db") as rec:
-        d = load_plant_data(Historian(data / "historian"), rec, _site_obj(site_path), bucket_min=cfg.bucket_min)
+        d = load_plant_data(Historian(data / "historian"), rec, load_site_or_demo(site_path), bucket_min=cfg.bucket_min)
         p = training.prepare(d, training.split_batches(d, rec, cfg), cfg)
     fn = training._tune_yield if model == "yield" else training._tune_deviation  # noqa: SLF001
     r = fn(p, cfg, trials, storage, study)
@@ -146,7 +142,7 @@ def predict_cmd(data: Path, site_path: str | None, mlflow_db: Path | None, batch
             sp[tag.strip()] = float(value)
         except ValueError:
             raise click.BadParameter(f"{s!r}: expected TAG=VALUE, e.g. TEMP_SP=36.5", param_hint="--setpoint") from None
-    pred = BatchPredictor.from_registry(_tracking(data, mlflow_db), _site_obj(site_path), alias)
+    pred = BatchPredictor.from_registry(_tracking(data, mlflow_db), load_site_or_demo(site_path), alias)
     with Records.open(data / "records.db") as rec:
         p = pred.predict(Historian(data / "historian"), rec, batch_id, at, sp or None)
     y, d = p.yield_forecast, p.deviation
@@ -201,7 +197,7 @@ def models_promote(data: Path, site_path: str | None, config_path: str | None, m
     refused = []
     for kind in (["yield", "deviation"] if kinds == "both" else [kinds]):
         try:
-            d = promote(data, _site_obj(site_path), _cfg(config_path), _tracking(data, mlflow_db), kind, by, reason,
+            d = promote(data, load_site_or_demo(site_path), _cfg(config_path), _tracking(data, mlflow_db), kind, by, reason,
                         version)
             click.echo(f"{kind}: version {d.challenger} is now champion (was {d.champion or 'none'})")
         except GateRefused as exc:
@@ -242,7 +238,7 @@ def import_cmd(telemetry: Path, batches: Path, offline: Path | None, covariates:
     from models.importer import import_history
 
     t0 = time.perf_counter()
-    r = import_history(out, _site_obj(site_path), telemetry, batches, offline, covariates, setpoints, deviations)
+    r = import_history(out, load_site_or_demo(site_path), telemetry, batches, offline, covariates, setpoints, deviations)
     click.echo(f"imported {r.batches} batches, {r.samples:,} samples, {r.offline} offline results, {r.covariates} "
                f"covariates, {r.setpoints} setpoint changes, {r.deviations} deviations in "
                f"{time.perf_counter() - t0:.1f} s -> {out}" + (f" ({r.renamed_ids} batch ids mapped to chain-of-identity"
@@ -258,5 +254,5 @@ def export_cmd(data: Path, site_path: str | None, out: Path, fmt: str) -> None:
     """Write a history in the import format (unit telemetry + batch records): the round trip of `import`."""
     from models.exporter import export_history
 
-    paths = export_history(data, out, _site_obj(site_path), fmt)
+    paths = export_history(data, out, load_site_or_demo(site_path), fmt)
     click.echo("exported " + ", ".join(f"{k} -> {v}" for k, v in paths.items()))

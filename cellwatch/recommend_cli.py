@@ -24,16 +24,11 @@ from pathlib import Path
 import click
 
 from cellwatch.auth_cli import parse_ts
+from plant.site import load_site_or_demo
 
 UTC = timezone.utc
 _site_opt = click.option("--site", "site_path", type=click.Path(dir_okay=False),
                          help="Site file (default: the demo site).")
-
-
-def _site(path: str | None):
-    from plant.site import load_demo_site, load_site
-
-    return load_demo_site() if path is None else load_site(path)
 
 
 @click.group("recommend")
@@ -65,7 +60,7 @@ def recommend_train(history: Path, out: Path, site_path: str | None, telemetry_b
         raise click.ClickException(f"{history}: no records.db here; run `cellwatch simulate --out {history}` first")
     if (out / "version.json").exists() and not overwrite:
         raise click.ClickException(f"{out}: holds recommender models already; pass --overwrite to replace them")
-    site = _site(site_path)
+    site = load_site_or_demo(site_path)
     t0 = time.perf_counter()
     with Records.open(history / "records.db") as records:
         models, stats = train_recommender(Historian(history / "historian"), records, site,
@@ -202,7 +197,7 @@ def recommend_run(data: Path, models_dir: Path, site_path: str | None, every_min
         raise click.ClickException(f"{data}: no records.db here")
     at = parse_ts(at_opt, "--at")
     models = load_models(models_dir)
-    recommender = Recommender(_site(site_path), models)
+    recommender = Recommender(load_site_or_demo(site_path), models)
     click.echo(f"recommender {models.version} over the running batches of {data}"
                + ("" if once else f", every {every_min:g} min"))
     stopping = False

@@ -604,3 +604,8 @@ def load_demo_site() -> Site:
     """The demo site shipped with cellwatch (embedded defaults)."""
     return parse_site(demo_site_text(), source="demo.toml")
 
+
+def load_site_or_demo(path: str | Path | None) -> Site:
+    """The site file at `path`, or the demo site when no path is given (what every `--site` option means)."""
+    return load_demo_site() if path is None else load_site(path)
+
